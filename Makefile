@@ -1,0 +1,41 @@
+# The two commands a newcomer needs: `make demo` and `make test`.
+# Each creates .venv, installs the package with the tested dependency versions
+# (constraints.txt) and runs. Debian packages they need are installed first.
+
+VENV      ?= .venv
+PYTHON    ?= python3
+STAMP     := $(VENV)/.installed-stamp
+PIP       := $(VENV)/bin/pip
+# python3-venv: the venv module; systemd: systemd-analyze for the unit checks; procps: /bin/kill (ExecReload);
+# make/gcc/python3-dev for any dependency that builds from source.
+DEBIAN_PACKAGES := python3-venv python3-dev gcc systemd procps
+SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: demo test system-deps bench clean
+
+demo: $(STAMP)
+	$(VENV)/bin/station demo $(ARGS)
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest $(ARGS)
+
+bench: $(STAMP)
+	for script in benchmarks/*.py; do $(VENV)/bin/python $$script || exit 1; done
+
+system-deps:
+	@missing=""; for p in $(DEBIAN_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ] && command -v apt-get >/dev/null; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+$(STAMP): setup.py constraints.txt
+	$(MAKE) system-deps
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+clean:
+	rm -rf $(VENV) build *.egg-info

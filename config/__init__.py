@@ -1,0 +1,1 @@
+"""Packaged default configuration: one YAML file and one JSON Schema per daemon."""

@@ -1,0 +1,1 @@
+"""Device daemons: each owns one device and knows nothing of enrollments."""

@@ -1,0 +1,1 @@
+"""Camera daemon: one camera, face quality on every frame, auto-capture."""

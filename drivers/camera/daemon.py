@@ -1,0 +1,215 @@
+"""station-camerad: one camera, face quality on every frame, auto-capture of the portrait.
+
+Frames are read in the main loop (the source's read paces it to the camera's frame rate),
+analysed, and published on the frame stream ``<name>.frames`` (a small HWM: a slow viewer
+loses frames, never memory): a downscaled JPEG ``preview`` at the preview rate, each with
+its quality report, and full-resolution ``frame`` messages when configured. Status and
+captures go on the event stream ``<name>.pub``.
+
+Commands: ``capture {mode: icao|exception, timeout_s}`` -> token portrait (record JPEG and
+chip encoding as payloads) and its quality report, once every check held for N frames, or
+the best frame flagged ``forced`` at the timeout; ``frame`` -> one full-resolution bgr8
+frame; ``state``/``ping`` from the runtime.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import cv2
+
+from drivers.camera.capture import AutoCapture
+from drivers.camera.detector import make_detector
+from drivers.camera.quality import FaceAnalyzer
+from drivers.camera.source import FrameSource, open_source
+from drivers.camera.token import token_portrait
+from station.bus import Request
+from station.daemon import Daemon, main_for
+from station.envelope import image_fields
+from station.errors import DeviceError, StationError
+from station.logs import Flapping
+from station.paths import Paths
+
+BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 5.0)
+LIVE_SOURCE_KEYS = ("exposure", "gain", "white_balance")
+
+
+@dataclass
+class PendingCapture:
+    request: Request
+    auto: AutoCapture
+
+
+class CameraDaemon(Daemon):
+    kind = "camera"
+
+    def __init__(self, name: str, paths: Paths, overrides: Sequence[str] = ()):
+        super().__init__(name, paths, overrides)
+        self.frames = self.add_publisher(paths.frames(name), hwm=self.config["publish"]["frame_hwm"])
+        self.analyzer = FaceAnalyzer(self.config["quality"], make_detector(self.config["detector"]))
+        self.source: FrameSource | None = None
+        self.reopen = Flapping(self.log)
+        self._next_open = 0.0
+        self._attempt = 0
+        self._last_preview = 0.0
+        self.last_frame = None
+        self.pending: PendingCapture | None = None
+        self.frames_read = 0
+        self.accepted: dict[str, Any] = {}
+        self.commands.register("capture", self._cmd_capture)
+        self.commands.register("frame", self._cmd_frame)
+
+    # -- device lifecycle -------------------------------------------------------------------
+    def setup(self) -> None:
+        self.set_state("offline", "opening camera")
+        self._open()
+
+    def _describe(self) -> str:
+        source = self.config["source"]
+        return f"{source['kind']} camera {source.get('device') or ''}".strip()
+
+    def _open(self) -> None:
+        try:
+            source = open_source(self.config["source"])
+            source.open()
+            self.accepted = source.apply({k: self.config["source"][k] for k in LIVE_SOURCE_KEYS
+                                          if k in self.config["source"]})
+        except DeviceError as exc:
+            delay = BACKOFF_S[min(self._attempt, len(BACKOFF_S) - 1)]
+            self._attempt += 1
+            self._next_open = time.monotonic() + delay
+            self.reopen.failed(f"{self._describe()} not available: {exc.message}")
+            self.set_state("offline", exc.message)
+            return
+        self.source = source
+        self._attempt = 0
+        self.reopen.recovered(f"{self._describe()} opened")
+        self.set_state("ready", self._describe())
+
+    def _lost(self, error: DeviceError) -> None:
+        if self.source is not None:
+            self.source.close()
+            self.source = None
+        self._next_open = time.monotonic() + BACKOFF_S[0]
+        self.set_state("offline", error.message)
+
+    def poll_timeout_ms(self) -> int:
+        return 0 if self.source is not None else 50
+
+    def apply_config(self, new: dict, old: dict) -> None:
+        self.config = new
+        self.analyzer = FaceAnalyzer(new["quality"], make_detector(new["detector"]))
+        live_only = {k: v for k, v in new["source"].items() if k not in LIVE_SOURCE_KEYS} == \
+                    {k: v for k, v in old["source"].items() if k not in LIVE_SOURCE_KEYS}
+        if self.source is not None and live_only:
+            self.accepted = self.source.apply({k: new["source"][k] for k in LIVE_SOURCE_KEYS})
+            self.log.info("camera settings applied live; device accepted %s", self.accepted)
+        elif self.source is not None:
+            self.log.info("camera source changed: reopening %s", self._describe())
+            self.source.close()
+            self.source = None
+            self._next_open = 0.0
+            self.set_state("offline", f"reopening {self._describe()}")
+
+    def status_fields(self) -> dict[str, Any]:
+        return {"source": self._describe(), "accepted": self.accepted, "frames_read": self.frames_read}
+
+    def shutdown(self) -> None:
+        if self.source is not None:
+            self.source.close()
+
+    # -- the frame loop ---------------------------------------------------------------------
+    def tick(self, now: float) -> None:
+        if self.source is None:
+            if now >= self._next_open:
+                self._open()
+            return
+        try:
+            frame = self.source.read()
+        except DeviceError as exc:
+            self._lost(exc)
+            return
+        self.frames_read += 1
+        self.last_frame = frame
+        report = self.analyzer.analyze(frame.image)
+        publish_cfg = self.config["publish"]
+        if publish_cfg["full_frames"]:
+            self.frames.publish("frame", {**image_fields(frame.image, "bgr8"), "index": frame.index},
+                                [frame.image], t_acq_ns=frame.t_acq_ns)
+        if now - self._last_preview >= 1.0 / self.config["preview"]["fps"]:
+            self._last_preview = now
+            self._publish_preview(frame, report)
+        if self.pending is not None:
+            self._feed_capture(frame, report, now)
+
+    def _publish_preview(self, frame: Any, report: Any) -> None:
+        preview = self.config["preview"]
+        height, width = frame.image.shape[:2]
+        scale = min(1.0, preview["width"] / width)
+        small = cv2.resize(frame.image, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA)
+        ok, jpeg = cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, preview["jpeg_quality"]])
+        if not ok:
+            return
+        self.frames.publish("preview", {"width": small.shape[1], "height": small.shape[0], "encoding": "jpeg",
+                                        "index": frame.index, "quality": report.to_dict()},
+                            [jpeg.tobytes()], t_acq_ns=frame.t_acq_ns)
+
+    # -- commands ---------------------------------------------------------------------------
+    def _cmd_capture(self, request: Request) -> None:
+        if self.source is None:
+            raise DeviceError(f"camera {self.name} is offline ({self.detail})")
+        if self.pending is not None and not self.pending.request.done:
+            raise StationError(f"camera {self.name} is already capturing", code="busy", retryable=True)
+        mode = request.args.get("mode", "icao")
+        if mode not in ("icao", "exception"):
+            raise StationError(f"capture mode must be 'icao' or 'exception', not {mode!r}", code="bad_request")
+        timeout = float(request.args.get("timeout_s", self.config["capture"]["timeout_s"]))
+        timeout = min(timeout, max(request.remaining_s - 1.0, 0.5))
+        self.pending = PendingCapture(request, AutoCapture(self.config["capture"]["consecutive_frames"], timeout,
+                                                           mode=mode))
+        self.set_state("busy", f"capturing ({mode})")
+        return None
+
+    def _feed_capture(self, frame: Any, report: Any, now: float) -> None:
+        pending = self.pending
+        if pending.request.done:  # expired at its deadline
+            self.pending = None
+            self.set_state("ready", self._describe())
+            return
+        decision = pending.auto.feed(frame, report, now)
+        if not decision.done:
+            return
+        self.pending = None
+        self.set_state("ready", self._describe())
+        if decision.frame is None:
+            pending.request.fail(StationError(f"no face seen within the capture time: {decision.report.hint}",
+                                              code="no_face", retryable=True))
+            return
+        chosen = decision.report
+        eyes = chosen.eyes
+        if eyes is None:
+            pending.request.fail(StationError("the best frame has no eyes located; capture again",
+                                              code="no_face", retryable=True))
+            return
+        token = token_portrait(decision.frame.image, eyes, self.config["token"])
+        result = {
+            "passed": chosen.passed, "score": chosen.score, "hint": chosen.hint, "forced": decision.forced,
+            "mode": pending.auto.mode, "quality": chosen.to_dict(), "token": token.geometry(),
+            "images": ["portrait.jpg", f"portrait-chip.{token.chip_format}"],
+        }
+        self.events.publish("capture", {k: result[k] for k in ("passed", "score", "forced", "mode")},
+                            t_acq_ns=decision.frame.t_acq_ns)
+        pending.request.reply(result, [token.record_jpeg, token.chip_image])
+
+    def _cmd_frame(self, request: Request) -> None:
+        frame = self.last_frame
+        if self.source is None or frame is None:
+            raise DeviceError(f"camera {self.name} has no frame ({self.detail})")
+        request.reply({**image_fields(frame.image, "bgr8"), "index": frame.index, "t_acq_ns": frame.t_acq_ns},
+                      [frame.image])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return main_for(CameraDaemon, "station-camerad", "Camera daemon: face quality, auto-capture, token portrait",
+                    argv)

@@ -1,0 +1,353 @@
+"""Where frames come from: a V4L2 camera, a recording, or the emulated scene.
+
+One small interface, ``FrameSource`` (open / read / close / apply), so the daemon's loop,
+the benchmark and the tests never know which one they hold. Every failure to get a frame
+is a ``DeviceError`` naming the device, so the daemon can report ``offline`` and retry
+with backoff; nothing here retries or sleeps on its own except to pace emulated frames.
+"""
+from __future__ import annotations
+
+import os
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+import cv2
+import numpy as np
+
+from station.errors import ConfigError, DeviceError
+
+from .scene import Scene, SceneParams
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+@dataclass(frozen=True)
+class Frame:
+    image: np.ndarray   # BGR uint8
+    t_acq_ns: int       # time.monotonic_ns() when the frame was acquired
+    index: int          # 0, 1, 2 ... since open()
+
+
+class FrameSource(ABC):
+    """A camera-like thing. ``device`` names it in every error and status message."""
+
+    device: str = ""
+
+    @abstractmethod
+    def open(self) -> None:
+        """Start delivering frames; raises DeviceError when the device is absent."""
+
+    @abstractmethod
+    def read(self) -> Frame:
+        """The next frame; raises DeviceError when none comes (unplugged, stalled)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the device; safe to call twice."""
+
+    @abstractmethod
+    def apply(self, settings: dict) -> dict:
+        """Apply what can change live; return what the device actually accepted."""
+
+    def __enter__(self) -> "FrameSource":
+        self.open()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _fourcc_text(code: float) -> str:
+    n = int(code)
+    return "".join(chr((n >> (8 * i)) & 0xFF) for i in range(4)).strip("\0") if n > 0 else ""
+
+
+class V4L2Source(FrameSource):
+    """A UVC/V4L2 camera through OpenCV, by ``/dev/v4l/by-id/...`` path or index.
+
+    By-id paths survive replugging into another USB port, which is why the config names
+    the camera that way. Exposure, gain and white balance are passed in the driver's own
+    units (OpenCV's V4L2 backend does not rescale them): exposure in 100 µs steps
+    (``exposure_absolute``), white balance in kelvin; ``None`` means automatic.
+    """
+
+    SETTINGS = ("fourcc", "width", "height", "fps", "exposure", "gain", "white_balance")
+
+    def __init__(self, device: str | int, width: int = 1280, height: int = 720, fps: float = 30,
+                 fourcc: str = "MJPG", exposure: float | None = None, gain: float | None = None,
+                 white_balance: float | None = None,
+                 capture_factory: Callable[..., cv2.VideoCapture] = cv2.VideoCapture):
+        self.device = str(device)
+        self._settings = {"fourcc": fourcc, "width": width, "height": height, "fps": fps,
+                          "exposure": exposure, "gain": gain, "white_balance": white_balance}
+        self._factory = capture_factory
+        self._cap = None
+        self._index = 0
+        self.accepted: dict = {}
+
+    def open(self) -> None:
+        self.close()
+        if self.device.isdigit():
+            target: str | int = int(self.device)
+        else:
+            if not os.path.exists(self.device):
+                raise DeviceError(f"{self.device}: no such camera; is it plugged in? (ls /dev/v4l/by-id/)")
+            target = os.path.realpath(self.device)
+        cap = self._factory(target, cv2.CAP_V4L2)
+        if not cap.isOpened():
+            cap.release()
+            raise DeviceError(f"{self.device}: camera present but cannot be opened (busy, or no permission "
+                              "on the video group?)")
+        self._cap = cap
+        self._index = 0
+        self.accepted = self.apply(self._settings)
+
+    def read(self) -> Frame:
+        if self._cap is None:
+            raise DeviceError(f"{self.device}: camera is not open")
+        ok, image = self._cap.read()
+        t = time.monotonic_ns()
+        if not ok or image is None:
+            raise DeviceError(f"{self.device}: no frame from the camera (unplugged or stalled)")
+        frame = Frame(image, t, self._index)
+        self._index += 1
+        return frame
+
+    def close(self) -> None:
+        if self._cap is not None:
+            self._cap.release()
+            self._cap = None
+
+    def apply(self, settings: dict) -> dict:
+        """Format first (the driver restarts the stream for it), then the image controls."""
+        unknown = set(settings) - set(self.SETTINGS)
+        if unknown:
+            raise ConfigError([f"source.{k}: not a V4L2 camera setting" for k in sorted(unknown)])
+        self._settings.update(settings)
+        cap = self._cap
+        if cap is None:
+            return {}
+        s = self._settings
+        if "fourcc" in settings and s["fourcc"]:
+            cap.set(cv2.CAP_PROP_FOURCC, cv2.VideoWriter_fourcc(*s["fourcc"][:4].ljust(4)))
+        if "width" in settings:
+            cap.set(cv2.CAP_PROP_FRAME_WIDTH, s["width"])
+        if "height" in settings:
+            cap.set(cv2.CAP_PROP_FRAME_HEIGHT, s["height"])
+        if "fps" in settings:
+            cap.set(cv2.CAP_PROP_FPS, s["fps"])
+        if "exposure" in settings:
+            if s["exposure"] is None:
+                cap.set(cv2.CAP_PROP_AUTO_EXPOSURE, 3)      # V4L2_EXPOSURE_APERTURE_PRIORITY
+            else:
+                cap.set(cv2.CAP_PROP_AUTO_EXPOSURE, 1)      # V4L2_EXPOSURE_MANUAL
+                cap.set(cv2.CAP_PROP_EXPOSURE, s["exposure"])
+        if "gain" in settings and s["gain"] is not None:
+            cap.set(cv2.CAP_PROP_GAIN, s["gain"])
+        if "white_balance" in settings:
+            if s["white_balance"] is None:
+                cap.set(cv2.CAP_PROP_AUTO_WB, 1)
+            else:
+                cap.set(cv2.CAP_PROP_AUTO_WB, 0)
+                cap.set(cv2.CAP_PROP_WB_TEMPERATURE, s["white_balance"])
+        manual_exposure = cap.get(cv2.CAP_PROP_AUTO_EXPOSURE) == 1
+        manual_wb = cap.get(cv2.CAP_PROP_AUTO_WB) == 0
+        self.accepted = {
+            "fourcc": _fourcc_text(cap.get(cv2.CAP_PROP_FOURCC)),
+            "width": int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)),
+            "height": int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)),
+            "fps": float(cap.get(cv2.CAP_PROP_FPS)),
+            "exposure": float(cap.get(cv2.CAP_PROP_EXPOSURE)) if manual_exposure else None,
+            "gain": float(cap.get(cv2.CAP_PROP_GAIN)),
+            "white_balance": float(cap.get(cv2.CAP_PROP_WB_TEMPERATURE)) if manual_wb else None,
+        }
+        return dict(self.accepted)
+
+
+class VideoSource(FrameSource):
+    """A recorded video file, or a folder of still images in name order; loops by default.
+
+    ``fps`` paces delivery like a camera would (0 = as fast as read); field engineers
+    replay a recorded session through the daemon with it.
+    """
+
+    def __init__(self, path: str, loop: bool = True, fps: float = 0.0,
+                 clock: Callable[[], int] = time.monotonic_ns, sleep: Callable[[float], None] = time.sleep):
+        self.device = str(path)
+        self.loop = loop
+        self._pacer = _Pacer(fps, clock, sleep)
+        self._files: list[Path] = []
+        self._cap = None
+        self._index = 0
+        self._position = 0
+
+    def open(self) -> None:
+        self.close()
+        path = Path(self.device)
+        if path.is_dir():
+            self._files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not self._files:
+                raise DeviceError(f"{path}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+        elif path.is_file():
+            cap = cv2.VideoCapture(str(path))
+            if not cap.isOpened():
+                cap.release()
+                raise DeviceError(f"{path}: not a video OpenCV can read")
+            self._cap = cap
+        else:
+            raise DeviceError(f"{path}: no such video file or image folder")
+        self._index = self._position = 0
+        self._pacer.restart()
+
+    def read(self) -> Frame:
+        self._pacer.wait(self._index)
+        image = self._next_image()
+        frame = Frame(image, time.monotonic_ns(), self._index)
+        self._index += 1
+        return frame
+
+    def _next_image(self) -> np.ndarray:
+        if self._files:
+            if self._position >= len(self._files):
+                if not self.loop:
+                    raise DeviceError(f"{self.device}: end of the image folder")
+                self._position = 0
+            path = self._files[self._position]
+            self._position += 1
+            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            if image is None:
+                raise DeviceError(f"{path}: not an image OpenCV can read")
+            return image
+        if self._cap is None:
+            raise DeviceError(f"{self.device}: source is not open")
+        ok, image = self._cap.read()
+        if not ok and self.loop:
+            self._cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+            ok, image = self._cap.read()
+        if not ok or image is None:
+            raise DeviceError(f"{self.device}: no more frames in the video")
+        return image
+
+    def close(self) -> None:
+        if self._cap is not None:
+            self._cap.release()
+            self._cap = None
+        self._files = []
+
+    def apply(self, settings: dict) -> dict:
+        """Only the pace can change; size and format are the recording's."""
+        if "fps" in settings:
+            self._pacer.set_fps(settings["fps"])
+        return {"fps": self._pacer.fps}
+
+
+class EmulatedSource(FrameSource):
+    """The emulated camera: frames rendered from ``scene.Scene``, paced to ``fps``.
+
+    ``apply({"scene": {...}})`` changes what the camera sees between frames, which is how
+    tests and the demo walk an applicant through "too far", "rolled", "ready".
+    """
+
+    def __init__(self, width: int = 1280, height: int = 720, fps: float = 30.0,
+                 scene: SceneParams | dict | None = None, seed: int = 0, noise_sigma: float = 2.0,
+                 clock: Callable[[], int] = time.monotonic_ns, sleep: Callable[[float], None] = time.sleep):
+        self.device = "emulated"
+        self.width, self.height = int(width), int(height)
+        self.seed, self.noise_sigma = seed, noise_sigma
+        self.params = scene if isinstance(scene, SceneParams) else SceneParams(**(scene or {}))
+        self._pacer = _Pacer(fps, clock, sleep)
+        self._clock = clock
+        self._scene: Scene | None = None
+        self._index = 0
+
+    def open(self) -> None:
+        if self._scene is None or (self._scene.width, self._scene.height) != (self.width, self.height):
+            self._scene = Scene(self.width, self.height, seed=self.seed, noise_sigma=self.noise_sigma)
+        self._index = 0
+        self._pacer.restart()
+
+    def read(self) -> Frame:
+        if self._scene is None:
+            raise DeviceError("emulated: camera is not open")
+        self._pacer.wait(self._index)
+        image = self._scene.render(self.params, self._index)
+        frame = Frame(image, self._clock(), self._index)
+        self._index += 1
+        return frame
+
+    def close(self) -> None:
+        pass  # the rendered scene is kept: reopening after a config reload stays instant
+
+    def apply(self, settings: dict) -> dict:
+        if "scene" in settings:
+            self.params = replace(self.params, **settings["scene"])
+        if "fps" in settings:
+            self._pacer.set_fps(settings["fps"])
+        if "width" in settings or "height" in settings:
+            self.width = int(settings.get("width", self.width))
+            self.height = int(settings.get("height", self.height))
+            if self._scene is not None:
+                self.open()
+        # Exposure, gain and white balance are not emulated; the scene's brightness is.
+        return {"width": self.width, "height": self.height, "fps": self._pacer.fps,
+                "exposure": None, "gain": None, "white_balance": None,
+                "scene": {k: getattr(self.params, k) for k in self.params.__dataclass_fields__}}
+
+
+class _Pacer:
+    """Frame i is due at start + i / fps; a late reader is not made up for with a burst."""
+
+    def __init__(self, fps: float, clock: Callable[[], int], sleep: Callable[[float], None]):
+        self.fps = float(fps)
+        self._clock, self._sleep = clock, sleep
+        self._start = clock()
+        self._offset = 0
+
+    def restart(self) -> None:
+        self._start, self._offset = self._clock(), 0
+
+    def set_fps(self, fps: float) -> None:
+        self.fps = float(fps)
+        self._start, self._offset = self._clock(), None
+
+    def wait(self, index: int) -> None:
+        if self.fps <= 0:
+            return
+        if self._offset is None:
+            self._offset = index
+        period_ns = 1e9 / self.fps
+        due = self._start + (index - self._offset) * period_ns
+        now = self._clock()
+        if now < due:
+            self._sleep((due - now) / 1e9)
+        elif now - due > period_ns:
+            self._start, self._offset = now, index   # fell behind: restart the schedule
+
+
+def make_source(cfg: dict) -> FrameSource:
+    """The source the ``source`` config section describes, not yet opened."""
+    kind = cfg.get("kind", "emulated")
+    if kind == "emulated":
+        return EmulatedSource(cfg.get("width", 1280), cfg.get("height", 720), cfg.get("fps", 30),
+                              scene=cfg.get("scene"), seed=cfg.get("seed", 0),
+                              noise_sigma=cfg.get("noise_sigma", 2.0))
+    if kind == "v4l2":
+        if cfg.get("device") in (None, ""):
+            raise ConfigError(["source.device: required for a v4l2 camera (a /dev/v4l/by-id/ path or an index)"])
+        return V4L2Source(cfg["device"], cfg.get("width", 1280), cfg.get("height", 720), cfg.get("fps", 30),
+                          cfg.get("fourcc", "MJPG"), cfg.get("exposure"), cfg.get("gain"), cfg.get("white_balance"))
+    if kind in ("video", "folder"):
+        if not cfg.get("path"):
+            raise ConfigError([f"source.path: required for a {kind} source"])
+        return VideoSource(cfg["path"], loop=cfg.get("loop", True), fps=cfg.get("fps", 0.0))
+    raise ConfigError([f"source.kind: {kind!r} is not one of emulated, v4l2, video, folder"])
+
+
+def open_source(cfg: dict) -> FrameSource:
+    """``make_source`` and open it; raises DeviceError naming the device if that fails."""
+    source = make_source(cfg)
+    source.open()
+    return source

@@ -1,0 +1,1 @@
+"""Fingerprint daemon: one ZFM/R30x-family scanner on a serial port."""

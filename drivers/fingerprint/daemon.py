@@ -1,0 +1,183 @@
+"""station-fingerprintd: one ZFM/R30x-family scanner, its captures and its health.
+
+The scanner is driven from one worker thread (serial I/O blocks for seconds during an
+image upload); the main loop owns the sockets, publishes status and progress, and answers
+commands. When the port disappears the daemon says ``offline`` at once and keeps trying to
+reopen and re-identify the sensor with a doubling back-off.
+
+Commands: ``capture {position}`` -> gray8 image (256 x 288) as payload; ``cancel``;
+``state``/``ping`` from the runtime.
+"""
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from typing import Any, Sequence
+
+import numpy as np
+
+from drivers.fingerprint.device import Scanner
+from drivers.fingerprint.protocol import SensorError
+from station.bus import Request
+from station.daemon import Daemon, main_for
+from station.envelope import image_fields
+from station.errors import ConfigError, DeviceError, StationError
+from station.logs import Flapping
+from station.paths import Paths
+from station.worker import Worker
+
+BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 5.0)
+
+
+class CaptureCancelled(StationError):
+    code = "cancelled"
+    retryable = True
+
+
+class FingerprintDaemon(Daemon):
+    kind = "fingerprint"
+
+    def __init__(self, name: str, paths: Paths, overrides: Sequence[str] = ()):
+        super().__init__(name, paths, overrides)
+        if not self.config["port"]:
+            raise ConfigError([f"fingerprint {name}: no serial port configured: set 'port' in "
+                               f"{paths.etc}/fingerprint@{name}.yaml (e.g. /dev/serial/by-id/usb-...)"])
+        self.scanner: Scanner | None = None
+        self.worker = Worker(f"fingerprint-{name}")
+        self.reopen = Flapping(self.log)
+        self._next_open = 0.0
+        self._attempt = 0
+        self._opening = False
+        self._cancel = threading.Event()
+        self.system_parameters: dict[str, Any] = {}
+        self.captures = 0
+        self.commands.register("capture", self._cmd_capture)
+        self.commands.register("cancel", self._cmd_cancel)
+
+    # -- device lifecycle -------------------------------------------------------------------
+    def _make_scanner(self) -> Scanner:
+        c = self.config
+        return Scanner(c["port"], baud=c["baud"], address=c["address"], password=c["password"],
+                       command_timeout_s=c["command_timeout_s"], retries=c["retries"])
+
+    def setup(self) -> None:
+        self.set_state("offline", f"opening {self.config['port']}")
+
+    def tick(self, now: float) -> None:
+        self.worker.drain()
+        if self.scanner is None and not self._opening and now >= self._next_open:
+            self._opening = True
+            self.worker.submit(self._open_job, self._opened)
+
+    def _open_job(self) -> tuple[Scanner, dict]:
+        scanner = self._make_scanner()
+        params = scanner.open()
+        return scanner, params
+
+    def _opened(self, result: Any, error: BaseException | None) -> None:
+        self._opening = False
+        if error is not None:
+            delay = BACKOFF_S[min(self._attempt, len(BACKOFF_S) - 1)]
+            self._attempt += 1
+            self._next_open = time.monotonic() + delay
+            self.reopen.failed(f"scanner on {self.config['port']} not available: {error}")
+            self.set_state("offline", f"{self.config['port']}: {error}")
+            return
+        self.scanner, params = result
+        self.system_parameters = dataclasses.asdict(params)
+        self._attempt = 0
+        self.reopen.recovered(f"scanner on {self.config['port']} identified")
+        self.set_state("ready", f"scanner on {self.config['port']}")
+
+    def _lost(self, error: BaseException) -> None:
+        """The port failed mid-use: report offline now and start reopening."""
+        if self.scanner is not None:
+            try:
+                self.scanner.close()
+            except Exception as exc:  # closing a dead port may fail; it is gone either way
+                self.log.debug("closing the lost port: %s", exc)
+            self.scanner = None
+        self._next_open = time.monotonic() + BACKOFF_S[0]
+        self.set_state("offline", f"{self.config['port']}: {error}")
+
+    def healthy(self) -> bool:
+        # A job stuck far past every timeout means the I/O loop is wedged: let systemd restart us.
+        limit = self.config["finger_wait_s"] + 60 * self.config["command_timeout_s"] * (self.config["retries"] + 1)
+        return self.worker.stuck_for() < limit
+
+    def apply_config(self, new: dict, old: dict) -> None:
+        device_keys = ("port", "baud", "address", "password", "command_timeout_s", "retries")
+        self.config = new
+        if any(new[k] != old[k] for k in device_keys) and self.scanner is not None:
+            self.log.info("device settings changed: reopening %s", new["port"])
+            scanner, self.scanner = self.scanner, None
+            self.worker.submit(scanner.close)
+            self._next_open = 0.0
+            self.set_state("offline", f"reopening {new['port']}")
+
+    def status_fields(self) -> dict[str, Any]:
+        return {"port": self.config["port"], "system_parameters": self.system_parameters,
+                "captures": self.captures}
+
+    def shutdown(self) -> None:
+        self._cancel.set()
+        if self.scanner is not None:
+            self.worker.submit(self.scanner.close)
+        self.worker.stop(timeout_s=1.5)
+
+    # -- commands ---------------------------------------------------------------------------
+    def _cmd_cancel(self, request: Request) -> dict:
+        self._cancel.set()
+        return {"cancelled": True}
+
+    def _cmd_capture(self, request: Request) -> None:
+        if self.scanner is None:
+            raise DeviceError(f"scanner {self.name} is offline ({self.detail})")
+        if self.state == "busy":
+            raise StationError(f"scanner {self.name} is busy with another capture", code="busy", retryable=True)
+        position = request.args.get("position")
+        scanner = self.scanner
+        wait_s = min(float(self.config["finger_wait_s"]), max(request.remaining_s - 1.0, 0.5))
+        self._cancel.clear()
+        self.set_state("busy", f"capturing position {position}")
+
+        def progress(received: int, total: int) -> None:
+            self.worker.post(lambda: self.events.publish(
+                "progress", {"position": position, "received": received, "total": total}))
+
+        def job() -> tuple[np.ndarray, float]:
+            started = time.monotonic()
+            self.worker.post(lambda: self.events.publish("place_finger", {"position": position}))
+            if not scanner.wait_finger(wait_s, cancel=self._cancel.is_set):
+                if self._cancel.is_set():
+                    raise CaptureCancelled("capture cancelled by the operator")
+                raise StationError(f"no finger on the scanner within {wait_s:.0f} s", code="no_finger",
+                                   retryable=True)
+            image = scanner.upload_image(progress=progress)
+            return image, time.monotonic() - started
+
+        def done(result: Any, error: BaseException | None) -> None:
+            if error is not None:
+                if isinstance(error, DeviceError) and not isinstance(error, SensorError):
+                    self._lost(error)  # the port went silent or away; a SensorError is an answer
+                else:
+                    self.set_state("ready", f"scanner on {self.config['port']}")
+                request.fail(error if isinstance(error, StationError) else
+                             StationError(f"capture failed: {error}", code="internal"))
+                return
+            image, seconds = result
+            self.captures += 1
+            self.set_state("ready", f"scanner on {self.config['port']}")
+            fields = {"position": position, **image_fields(image, "gray8"), "resolution_ppi": 500,
+                      "capture_s": round(seconds, 3)}
+            self.events.publish("capture", {k: v for k, v in fields.items()
+                                            if k not in ("width", "height", "encoding", "step")})
+            request.reply(fields, [image.tobytes()])
+
+        self.worker.submit(job, done)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return main_for(FingerprintDaemon, "station-fingerprintd",
+                    "Fingerprint scanner daemon (ZFM/R30x/AS608 UART protocol)", argv)

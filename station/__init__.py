@@ -1,0 +1,1 @@
+"""Station: controller, bus, config, daemon runtime and the tools around them."""

@@ -1,0 +1,400 @@
+"""The station bus over ZeroMQ: publisher, subscriber, command server and client.
+
+Publishers number every message per topic and stamp it with the process's boot id, so a
+subscriber can tell a lost message (a gap) from a restarted publisher (a new boot) and
+resynchronise from a ``state`` snapshot asked on the command socket. Commands are
+request/reply over ROUTER/DEALER with a correlation id and a deadline; a reply is either a
+result or a structured error ``{code, message, retryable}``, never silence.
+
+Sockets belong to the thread that made them; nothing here starts a thread.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import zmq
+
+from station.envelope import (
+    ENVELOPE_VERSION,
+    MalformedMessage,
+    Message,
+    decode,
+    encode,
+    make_header,
+    topic_for,
+)
+from station.errors import CommandError, DeadlineExceeded, StationError
+
+log = logging.getLogger("station.bus")
+
+EVENT_HWM = 1000
+FRAME_HWM = 2
+HEARTBEAT_S = 1.0
+OFFLINE_AFTER_S = 3.0
+
+
+def bind(socket: zmq.Socket, endpoint: str) -> None:
+    """Bind, making an ``ipc://`` socket reachable by the station group and nobody else.
+
+    Daemons run with ``UMask=0077``; connecting to a Unix socket needs write permission on
+    the socket itself, so operators in group ``station`` get 0660 while the 0750 runtime
+    directory keeps everyone else out.
+    """
+    if endpoint.startswith("ipc://"):
+        path = Path(endpoint[len("ipc://"):])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        socket.bind(endpoint)
+        os.chmod(path, 0o660)
+    else:
+        socket.bind(endpoint)
+
+
+def check_tcp_secured(endpoint: str, curve: bool) -> None:
+    """TCP carries biometric data only under CURVE; refuse a plain TCP endpoint outright."""
+    if endpoint.startswith("tcp://") and not curve:
+        raise StationError(f"refusing plain TCP endpoint {endpoint}: TCP requires CURVE keys", code="insecure")
+
+
+class Publisher:
+    """One PUB socket: per-topic sequence numbers, a boot id, a heartbeat when idle.
+
+    A frame stream gets its own Publisher with ``hwm=FRAME_HWM`` (a 1080p frame is 6 MB; a
+    default HWM would queue gigabytes), events and status another with the normal HWM.
+    Payloads of 64 KiB and more are sent zero-copy: the caller must not modify them after
+    ``publish``.
+    """
+
+    def __init__(
+        self,
+        ctx: zmq.Context,
+        endpoint: str,
+        *,
+        kind: str,
+        src: str,
+        boot: str,
+        hwm: int = EVENT_HWM,
+        heartbeat_s: float = HEARTBEAT_S,
+        heartbeat_fields: Callable[[], dict] | None = None,
+    ):
+        check_tcp_secured(endpoint, curve=False)
+        self.kind, self.src, self.boot = kind, src, boot
+        self.endpoint = endpoint
+        self.heartbeat_s = heartbeat_s
+        self._heartbeat_fields = heartbeat_fields
+        self.socket = ctx.socket(zmq.PUB)
+        self.socket.setsockopt(zmq.SNDHWM, hwm)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        bind(self.socket, endpoint)
+        self.seq: dict[str, int] = {}
+        self._last_send = time.monotonic()
+
+    def publish(
+        self,
+        event: str,
+        fields: dict[str, Any] | None = None,
+        payloads: Sequence[Any] = (),
+        *,
+        t_acq_ns: int | None = None,
+        name: str | None = None,
+    ) -> int:
+        """Publish ``<kind>.<name>.<event>`` (name defaults to the source); returns its seq."""
+        topic = topic_for(self.kind, name or self.src, event)
+        seq = self.seq.get(topic, 0) + 1
+        self.seq[topic] = seq
+        header = make_header(self.src, self.boot, seq, fields, t_acq_ns)
+        # copy=False hands buffers to libzmq; pyzmq still copies parts under its copy
+        # threshold (64 KiB), which is exactly the zero-copy rule of the envelope.
+        self.socket.send_multipart(encode(topic, header, payloads), copy=False)
+        self._last_send = time.monotonic()
+        return seq
+
+    def tick(self, now: float | None = None) -> bool:
+        """Send a heartbeat if nothing went out for ``heartbeat_s``; True if one was sent."""
+        now = time.monotonic() if now is None else now
+        if now - self._last_send < self.heartbeat_s:
+            return False
+        fields = self._heartbeat_fields() if self._heartbeat_fields else {}
+        self.publish("heartbeat", fields)
+        return True
+
+    def snapshot(self) -> dict[str, int]:
+        return dict(self.seq)
+
+    def close(self) -> None:
+        self.socket.close(linger=0)
+
+
+@dataclass
+class StreamState:
+    boot: str
+    seq: dict[str, int] = field(default_factory=dict)
+    last_seen: float = 0.0
+
+
+class Subscriber:
+    """A SUB socket that checks every message, tracks sequences and notices silence.
+
+    ``on_gap(src, topic, expected, got)`` and ``on_boot(src, old, new)`` tell the owner to
+    resynchronise (ask the source's ``state`` and pass it to ``apply_snapshot``). Malformed
+    messages are counted by reason, logged once per reason, and dropped.
+    """
+
+    def __init__(
+        self,
+        ctx: zmq.Context,
+        endpoints: Iterable[str] = (),
+        topics: Iterable[str] = ("",),
+        *,
+        hwm: int = EVENT_HWM,
+        on_gap: Callable[[str, str, int, int], None] | None = None,
+        on_boot: Callable[[str, str, str], None] | None = None,
+        offline_after_s: float = OFFLINE_AFTER_S,
+    ):
+        self.socket = ctx.socket(zmq.SUB)
+        self.socket.setsockopt(zmq.RCVHWM, hwm)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        for topic in topics:
+            self.socket.setsockopt(zmq.SUBSCRIBE, topic.encode())
+        for endpoint in endpoints:
+            self.connect(endpoint)
+        self.on_gap, self.on_boot = on_gap, on_boot
+        self.offline_after_s = offline_after_s
+        self.streams: dict[str, StreamState] = {}
+        self.malformed: dict[str, int] = {}
+        self.gaps = 0
+        self.stale = 0
+
+    def connect(self, endpoint: str) -> None:
+        check_tcp_secured(endpoint, curve=False)
+        self.socket.connect(endpoint)
+
+    def receive(self, timeout_ms: int | None = None) -> Message | None:
+        """The next good message, or None on timeout or when the one received was dropped."""
+        if timeout_ms is not None and not self.socket.poll(timeout_ms):
+            return None
+        return self.accept(self.socket.recv_multipart(copy=False))
+
+    def accept(self, frames: Sequence[Any], now: float | None = None) -> Message | None:
+        """Check one received message against the envelope and the sequence state."""
+        try:
+            msg = decode(frames)
+        except MalformedMessage as exc:
+            count = self.malformed.get(exc.reason, 0) + 1
+            self.malformed[exc.reason] = count
+            if count == 1:
+                log.warning("dropped malformed message (%s); further ones are only counted", exc)
+            return None
+        now = time.monotonic() if now is None else now
+        stream = self.streams.get(msg.src)
+        if stream is None:
+            stream = self.streams[msg.src] = StreamState(boot=msg.boot)
+        elif stream.boot != msg.boot:
+            old = stream.boot
+            stream.boot, stream.seq = msg.boot, {}
+            if self.on_boot:
+                self.on_boot(msg.src, old, msg.boot)
+        stream.last_seen = now
+        last = stream.seq.get(msg.topic)
+        if last is not None:
+            if msg.seq <= last:
+                self.stale += 1
+                return None
+            if msg.seq > last + 1:
+                self.gaps += 1
+                if self.on_gap:
+                    self.on_gap(msg.src, msg.topic, last + 1, msg.seq)
+        stream.seq[msg.topic] = msg.seq
+        return msg
+
+    def apply_snapshot(self, src: str, boot: str, seq: dict[str, int]) -> None:
+        """Adopt a source's snapshot: drop what it already covers, count gaps after it."""
+        stream = self.streams.get(src)
+        if stream is None or stream.boot != boot:
+            stream = self.streams[src] = StreamState(boot=boot, last_seen=time.monotonic())
+        for topic, n in seq.items():
+            stream.seq[topic] = max(n, stream.seq.get(topic, 0))
+
+    def offline(self, now: float | None = None) -> list[str]:
+        """Sources silent for longer than ``offline_after_s``."""
+        now = time.monotonic() if now is None else now
+        return [src for src, s in self.streams.items() if now - s.last_seen > self.offline_after_s]
+
+    def close(self) -> None:
+        self.socket.close(linger=0)
+
+
+class Request:
+    """One command received by a ``CommandServer``; answered once, now or later."""
+
+    def __init__(self, server: "CommandServer", identity: bytes, header: dict, payloads: list[Any]):
+        self._server = server
+        self.identity = identity
+        self.header = header
+        self.cmd: str = header["cmd"]
+        self.corr: str = header["corr"]
+        self.args: dict = header.get("args") or {}
+        self.deadline_ns: int = header["deadline_ns"]
+        self.payloads = payloads
+        self.done = False
+
+    @property
+    def remaining_s(self) -> float:
+        return (self.deadline_ns - time.time_ns()) / 1e9
+
+    def reply(self, result: dict | None = None, payloads: Sequence[Any] = ()) -> None:
+        self._send({"ok": True, "result": result or {}}, payloads)
+
+    def fail(self, error: StationError) -> None:
+        self._send({"ok": False, "error": error.as_reply()}, ())
+
+    def _send(self, body: dict, payloads: Sequence[Any]) -> None:
+        if self.done:
+            return
+        self.done = True
+        self._server._pending.pop(self.corr, None)
+        header = {"v": ENVELOPE_VERSION, "corr": self.corr, "cmd": self.cmd, **body}
+        self._server.socket.send_multipart(
+            [self.identity, json.dumps(header, separators=(",", ":")).encode(), *payloads], copy=False
+        )
+
+
+Handler = Callable[[Request], "dict | None"]
+
+
+class CommandServer:
+    """A ROUTER socket dispatching named commands to handlers.
+
+    A handler returns a result dict (replied at once), or None after keeping the request to
+    answer later (a capture that takes seconds). A handler that raises ``StationError``
+    produces that structured error; any other exception is logged with its traceback and
+    answered as ``internal`` — it never kills the daemon. A kept request still open at its
+    deadline is answered with ``deadline_exceeded`` by ``expire()``.
+    """
+
+    def __init__(self, ctx: zmq.Context, endpoint: str, *, name: str):
+        check_tcp_secured(endpoint, curve=False)
+        self.name = name
+        self.socket = ctx.socket(zmq.ROUTER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        bind(self.socket, endpoint)
+        self.handlers: dict[str, Handler] = {}
+        self._pending: dict[str, Request] = {}
+        self.malformed = 0
+
+    def register(self, cmd: str, handler: Handler) -> None:
+        self.handlers[cmd] = handler
+
+    def pending(self) -> list[Request]:
+        return list(self._pending.values())
+
+    def handle_ready(self) -> None:
+        """Serve every request already waiting on the socket, without blocking."""
+        while self.socket.poll(0):
+            frames = self.socket.recv_multipart()
+            self._dispatch(frames)
+
+    def _dispatch(self, frames: list[bytes]) -> None:
+        if len(frames) < 2:
+            self.malformed += 1
+            return
+        identity, raw, payloads = frames[0], frames[1], frames[2:]
+        try:
+            header = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            header = None
+        if not (isinstance(header, dict) and isinstance(header.get("cmd"), str)
+                and isinstance(header.get("corr"), str) and isinstance(header.get("deadline_ns"), int)):
+            self.malformed += 1
+            if self.malformed == 1:
+                log.warning("%s: dropped malformed request; further ones are only counted", self.name)
+            if isinstance(header, dict) and isinstance(header.get("corr"), str):
+                error = {"code": "bad_request", "retryable": False,
+                         "message": f"{self.name}: a request needs cmd, corr and deadline_ns"}
+                body = {"v": ENVELOPE_VERSION, "corr": header["corr"], "ok": False, "error": error}
+                self.socket.send_multipart([identity, json.dumps(body).encode()])
+            return
+        request = Request(self, identity, header, payloads)
+        if request.remaining_s <= 0:
+            request.fail(DeadlineExceeded(f"{self.name}: request '{request.cmd}' arrived after its deadline"))
+            return
+        handler = self.handlers.get(request.cmd)
+        if handler is None:
+            known = ", ".join(sorted(self.handlers))
+            request.fail(StationError(f"{self.name}: unknown command '{request.cmd}' (known: {known})",
+                                      code="unknown_command"))
+            return
+        self._pending[request.corr] = request
+        try:
+            result = handler(request)
+        except StationError as exc:
+            request.fail(exc)
+            return
+        except Exception as exc:  # a bug in one handler must not take the daemon down
+            log.exception("%s: command '%s' failed", self.name, request.cmd)
+            request.fail(StationError(f"{self.name}: internal error in '{request.cmd}': {exc}", code="internal"))
+            return
+        if result is not None:
+            request.reply(result)
+
+    def expire(self) -> None:
+        """Answer kept requests whose deadline has passed."""
+        now = time.time_ns()
+        for request in [r for r in self._pending.values() if r.deadline_ns <= now]:
+            request.fail(DeadlineExceeded(f"{self.name}: '{request.cmd}' did not complete before its deadline"))
+
+    def close(self) -> None:
+        self.socket.close(linger=0)
+
+
+@dataclass
+class Reply:
+    result: dict
+    payloads: list[bytes]
+
+
+class CommandClient:
+    """A DEALER socket for request/reply with one daemon; one thread uses it at a time."""
+
+    def __init__(self, ctx: zmq.Context, endpoint: str, *, name: str | None = None):
+        check_tcp_secured(endpoint, curve=False)
+        self.endpoint = endpoint
+        self.name = name or endpoint
+        self.socket = ctx.socket(zmq.DEALER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.connect(endpoint)
+        self.stale_replies = 0
+
+    def call(self, cmd: str, args: dict | None = None, *, timeout_s: float = 5.0,
+             payloads: Sequence[Any] = ()) -> Reply:
+        """Send ``cmd`` and wait for its reply; raise ``CommandError`` or ``DeadlineExceeded``."""
+        corr = secrets.token_hex(8)
+        deadline = time.monotonic() + timeout_s
+        header = {"v": ENVELOPE_VERSION, "corr": corr, "cmd": cmd, "args": args or {},
+                  "deadline_ns": time.time_ns() + int(timeout_s * 1e9)}
+        self.socket.send_multipart([json.dumps(header, separators=(",", ":")).encode(), *payloads], copy=False)
+        while True:
+            remaining_ms = int((deadline - time.monotonic()) * 1000)
+            if remaining_ms <= 0 or not self.socket.poll(remaining_ms):
+                raise DeadlineExceeded(f"no reply from {self.name} to '{cmd}' within {timeout_s:g} s")
+            frames = self.socket.recv_multipart()
+            try:
+                reply = json.loads(frames[0])
+            except (ValueError, UnicodeDecodeError):
+                self.stale_replies += 1
+                continue
+            if not isinstance(reply, dict) or reply.get("corr") != corr:
+                self.stale_replies += 1  # a reply to a request we already gave up on
+                continue
+            if reply.get("ok"):
+                return Reply(reply.get("result") or {}, frames[1:])
+            raise CommandError.from_reply(reply.get("error") or {})
+
+    def close(self) -> None:
+        self.socket.close(linger=0)

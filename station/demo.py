@@ -1,0 +1,318 @@
+"""``station demo``: the whole station, end to end, on emulated devices.
+
+Every daemon runs as its own OS process on ipc sockets under the work directory, exactly as
+under systemd: a fingerprint sensor emulator on a pseudo-terminal, the fingerprint daemon
+talking the real packet protocol to it, the camera daemon on its emulated source, and the
+controller. The demo then plays the officer for N applicants through the control socket,
+prints progress, writes ``summary.json`` and exits non-zero if anything was lost.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from contextlib import closing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+import zmq
+
+from station.bus import CommandClient
+from station.errors import StationError
+from station.paths import Paths
+from station.store import RecordStore
+
+SURNAMES = ["NGUYEN", "TRAN", "LE", "PHAM", "HOANG", "ERIKSSON", "MARTIN", "DIALLO", "SILVA", "KOWALSKA"]
+GIVEN = ["ANNA", "MINH", "THI LAN", "JEAN", "AMINATA", "JOAO", "MARIA", "VAN NAM", "EWA", "LUCAS"]
+READY_TIMEOUT_S = 60.0
+
+
+@dataclass
+class Process:
+    name: str
+    argv: list[str]
+    log_path: Path
+    popen: subprocess.Popen | None = None
+    log_file: Any = None
+
+    def start(self, env: dict[str, str]) -> None:
+        self.log_file = open(self.log_path, "wb")
+        self.popen = subprocess.Popen(self.argv, env=env, stdout=subprocess.PIPE if self.name == "emulator" else
+                                      self.log_file, stderr=self.log_file, start_new_session=True)
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def stop(self, timeout_s: float = 5.0) -> int | None:
+        if self.popen is None:
+            return None
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+                return -9
+        self.log_file.close()
+        return self.popen.returncode
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+@dataclass
+class ApplicantResult:
+    number: int
+    applicant: dict[str, Any]
+    session: str = ""
+    record: str = ""
+    timings_s: dict[str, float] = field(default_factory=dict)
+    portrait: dict[str, Any] = field(default_factory=dict)
+    fingers: int = 0
+    files: list[str] = field(default_factory=list)
+    error: str = ""
+
+
+def scripts_dir() -> Path:
+    """Where pip put our console scripts (the venv's bin)."""
+    return Path(sysconfig.get_path("scripts"))
+
+
+def short_run_dir(workdir: Path) -> Path:
+    """ipc:// paths are limited to about 100 bytes; fall back to /tmp for a deep workdir."""
+    run = workdir / "run"
+    if len(str(run)) + len("/controller.cmd") < 90:
+        run.mkdir(parents=True, exist_ok=True)
+        return run
+    return Path(tempfile.mkdtemp(prefix="station-run-", dir="/tmp"))
+
+
+def write_config(etc: Path, fingerprint_port: str) -> None:
+    """The demo's field overrides, written where a field engineer would put them."""
+    (etc / "conf.d").mkdir(parents=True, exist_ok=True)
+    (etc / "fingerprint@fp0.yaml").write_text(yaml.safe_dump({"port": fingerprint_port}))
+    (etc / "camera@cam0.yaml").write_text(yaml.safe_dump({"source": {"kind": "emulated"}}))
+
+
+def make_applicant(rng: random.Random, number: int) -> dict[str, Any]:
+    return {
+        "surname": rng.choice(SURNAMES),
+        "given_names": rng.choice(GIVEN),
+        "sex": rng.choice("FM"),
+        "date_of_birth": f"{rng.randint(1950, 2008)}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}",
+        "document_number": f"{rng.randint(0, 999999999):09d}",
+        "demo_applicant": number,
+    }
+
+
+class Demo:
+    def __init__(self, workdir: Path, applicants: int, seed: int):
+        self.workdir = workdir
+        self.applicants = applicants
+        self.rng = random.Random(seed)
+        self.paths = Paths(etc=workdir / "etc", state=workdir / "state", run=short_run_dir(workdir))
+        self.logs = workdir / "logs"
+        self.processes: list[Process] = []
+        self.ctx = zmq.Context()
+        self.results: list[ApplicantResult] = []
+
+    def say(self, text: str) -> None:
+        print(text, flush=True)
+
+    # -- processes --------------------------------------------------------------------------
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(STATION_ETC=str(self.paths.etc), STATION_STATE=str(self.paths.state),
+                   STATION_RUN=str(self.paths.run))
+        env.pop("NOTIFY_SOCKET", None)
+        return env
+
+    def spawn(self, name: str, argv: list[str]) -> Process:
+        process = Process(name, argv, self.logs / f"{name}.log")
+        process.start(self.env())
+        self.processes.append(process)
+        return process
+
+    def start_emulator(self) -> str:
+        bindir = scripts_dir()
+        link = self.workdir / "dev" / "fp0"
+        link.parent.mkdir(parents=True, exist_ok=True)
+        emulator = self.spawn("emulator", [str(bindir / "stationctl"), "emulate", "fingerprint", "--link", str(link)])
+        line = emulator.popen.stdout.readline().decode().strip()
+        if not line:
+            raise StationError(f"fingerprint emulator did not start:\n{emulator.log_tail()}")
+        return line
+
+    def start_daemons(self) -> None:
+        bindir = scripts_dir()
+        self.spawn("cam0", [str(bindir / "station-camerad"), "cam0"])
+        self.spawn("fp0", [str(bindir / "station-fingerprintd"), "fp0"])
+        self.spawn("controller", [str(bindir / "station-controller")])
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        for name in ("cam0", "fp0", "controller"):
+            client = CommandClient(self.ctx, self.paths.cmd(name), name=name)
+            try:
+                while True:
+                    self.check_alive()
+                    try:
+                        if client.call("state", timeout_s=0.5).result["state"] == "ready":
+                            break
+                    except StationError:
+                        pass
+                    if time.monotonic() > deadline:
+                        raise StationError(f"{name} not ready after {READY_TIMEOUT_S:.0f} s; see {self.logs}/{name}.log")
+            finally:
+                client.close()
+            self.say(f"  {name:<10} ready")
+        # The controller learns driver liveness from their event streams (heartbeats).
+        with self.control() as control:
+            while True:
+                drivers = control.call("status").result["drivers"]
+                if all(d["online"] for d in drivers.values()):
+                    break
+                if time.monotonic() > deadline:
+                    raise StationError(f"controller does not see every driver online: {drivers}")
+                time.sleep(0.2)
+
+    def check_alive(self) -> None:
+        for process in self.processes:
+            if not process.alive():
+                raise StationError(f"{process.name} exited with status {process.popen.returncode}:\n"
+                                   f"{process.log_tail()}")
+
+    def control(self) -> closing[CommandClient]:
+        return closing(CommandClient(self.ctx, self.paths.cmd("controller"), name="controller"))
+
+    def stop_all(self) -> dict[str, int | None]:
+        codes = {}
+        for process in reversed(self.processes):
+            codes[process.name] = process.stop()
+        return codes
+
+    # -- the officer's work -----------------------------------------------------------------
+    def enroll(self, number: int) -> ApplicantResult:
+        result = ApplicantResult(number, make_applicant(self.rng, number))
+        with self.control() as control:
+            def step(name: str, cmd: str, args: dict, timeout_s: float = 60.0) -> dict:
+                started = time.monotonic()
+                reply = control.call(cmd, args, timeout_s=timeout_s).result
+                result.timings_s[name] = round(time.monotonic() - started, 3)
+                return reply
+
+            try:
+                started = time.monotonic()
+                reply = step("start", "session.start", {"applicant": result.applicant, "operator": "demo-officer"})
+                result.session = reply["session"]
+                result.portrait = step("portrait", "session.portrait", {"session": result.session})
+                for position in reply["finger_positions"]:
+                    step(f"finger_{position}", "session.finger", {"session": result.session, "position": position})
+                    result.fingers += 1
+                done = step("finish", "session.finish", {"session": result.session})
+                result.record, result.files = done["record"], [str(Path(done["directory"]) / f) for f in done["files"]]
+                result.timings_s["total"] = round(time.monotonic() - started, 3)
+            except StationError as exc:
+                result.error = f"{exc.code}: {exc.message}"
+        return result
+
+    def run(self) -> int:
+        for directory in (self.paths.etc, self.paths.state, self.logs):
+            directory.mkdir(parents=True, exist_ok=True)
+        self.say(f"station demo: {self.applicants} applicant(s), work directory {self.workdir}")
+        lost: list[str] = []
+        codes: dict[str, int | None] = {}
+        try:
+            port = self.start_emulator()
+            self.say(f"  emulator   fingerprint sensor on {port}")
+            write_config(self.paths.etc, port)
+            self.start_daemons()
+            self.wait_ready()
+            for number in range(1, self.applicants + 1):
+                result = self.enroll(number)
+                self.results.append(result)
+                self.report(result)
+        except StationError as exc:
+            self.say(f"demo failed: {exc.message}")
+            lost.append(exc.message)
+        finally:
+            codes = self.stop_all()
+        lost += self.verify(codes)
+        self.write_summary(lost, codes)
+        ok = not lost
+        self.say(f"{'OK' if ok else 'FAILED'}: {sum(1 for r in self.results if r.record)}/{self.applicants} "
+                 f"records committed; summary in {self.workdir / 'summary.json'}")
+        for problem in lost:
+            self.say(f"  problem: {problem}")
+        return 0 if ok else 1
+
+    def report(self, r: ApplicantResult) -> None:
+        name = f"{r.applicant['surname']} {r.applicant['given_names']}"
+        if r.error:
+            self.say(f"  applicant {r.number}/{self.applicants} {name}: FAILED {r.error}")
+            return
+        score = r.portrait.get("score")
+        self.say(f"  applicant {r.number}/{self.applicants} {name}: portrait score {score}"
+                 f"{' (forced)' if r.portrait.get('forced') else ''}, {r.fingers} fingers, "
+                 f"record {r.record[:12]}… committed in {r.timings_s.get('total', 0):.1f} s")
+
+    def verify(self, codes: dict[str, int | None]) -> list[str]:
+        """Check, from the store itself, that every applicant's record is there and intact."""
+        problems = [f"applicant {r.number}: {r.error}" for r in self.results if r.error]
+        if len(self.results) < self.applicants:
+            problems.append(f"only {len(self.results)} of {self.applicants} applicants were enrolled")
+        store_root = self.paths.state / "store"
+        if store_root.exists():
+            store = RecordStore(store_root)
+            for r in self.results:
+                if r.record:
+                    problems += store.verify(r.record)
+            store.close()
+        problems += [f"{name} exited with status {code} (see {self.logs}/{name}.log)"
+                     for name, code in codes.items() if code not in (0, None)]
+        return problems
+
+    def write_summary(self, problems: list[str], codes: dict[str, int | None]) -> None:
+        summary = {
+            "applicants": self.applicants,
+            "committed": sum(1 for r in self.results if r.record),
+            "lost": len(problems),
+            "problems": problems,
+            "paths": {"etc": str(self.paths.etc), "state": str(self.paths.state), "run": str(self.paths.run),
+                      "logs": {p.name: str(p.log_path) for p in self.processes}},
+            "exit_codes": codes,
+            "results": [
+                {"applicant": r.number, "session": r.session, "record": r.record, "error": r.error,
+                 "portrait": r.portrait, "fingers": r.fingers, "timings_s": r.timings_s, "files": r.files}
+                for r in self.results
+            ],
+        }
+        (self.workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="station demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--applicants", type=int, default=3, help="how many applicants to enroll (default 3)")
+    parser.add_argument("--workdir", type=Path, help="where to put config, state, sockets and logs "
+                                                      "(default: a new directory under /tmp)")
+    parser.add_argument("--seed", type=int, default=1, help="seed for the demo applicants")
+    args = parser.parse_args(argv)
+    if args.applicants < 1:
+        parser.error("--applicants must be at least 1")
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="station-demo-", dir="/tmp"))
+    workdir = workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    return Demo(workdir, args.applicants, args.seed).run()

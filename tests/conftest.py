@@ -1,0 +1,32 @@
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+import zmq
+
+
+@pytest.fixture
+def ctx():
+    context = zmq.Context()
+    yield context
+    context.destroy(linger=0)
+
+
+@pytest.fixture
+def rundir():
+    """A short runtime dir: ipc socket paths must stay under ~100 bytes."""
+    with tempfile.TemporaryDirectory(prefix="st-", dir="/tmp") as path:
+        yield Path(path)
+
+
+@pytest.fixture
+def station_env(tmp_path, rundir, monkeypatch):
+    """etc/state/run directories for one test, exported the way daemons read them."""
+    etc, state = tmp_path / "etc", tmp_path / "state"
+    etc.mkdir()
+    state.mkdir()
+    monkeypatch.setenv("STATION_ETC", str(etc))
+    monkeypatch.setenv("STATION_STATE", str(state))
+    monkeypatch.setenv("STATION_RUN", str(rundir))
+    return {"etc": etc, "state": state, "run": rundir, "env": dict(os.environ)}
