@@ -26,6 +26,9 @@ setup(
         "jsonschema",
         "scikit-image",
         "Pillow",
+        "orjson",
+        "nbis-py==0.1.3",
+        "wsq",
     ],
     extras_require={
         "test": [

@@ -26,7 +26,7 @@ from station.envelope import (
     MalformedMessage,
     Message,
     decode,
-    encode,
+    dump_json,
     make_header,
     topic_for,
 )
@@ -108,10 +108,18 @@ class Publisher:
         topic = topic_for(self.kind, name or self.src, event)
         seq = self.seq.get(topic, 0) + 1
         self.seq[topic] = seq
-        header = make_header(self.src, self.boot, seq, fields, t_acq_ns)
-        # copy=False hands buffers to libzmq; pyzmq still copies parts under its copy
-        # threshold (64 KiB), which is exactly the zero-copy rule of the envelope.
-        self.socket.send_multipart(encode(topic, header, payloads), copy=False)
+        header = dump_json(make_header(self.src, self.boot, seq, fields, t_acq_ns))
+        for part in payloads:
+            memoryview(part)  # a bad part raises here, before half a message is sent
+        # Part by part: pyzmq's send_multipart costs more than the send itself for small
+        # events. copy=False hands payloads to libzmq; pyzmq still copies parts under its
+        # copy threshold (64 KiB), which is exactly the zero-copy rule of the envelope.
+        sock = self.socket
+        sock.send(topic.encode(), zmq.SNDMORE)
+        sock.send(header, zmq.SNDMORE if payloads else 0)
+        last = len(payloads) - 1
+        for i, part in enumerate(payloads):
+            sock.send(part, zmq.SNDMORE if i < last else 0, copy=False)
         self._last_send = time.monotonic()
         return seq
 
@@ -140,6 +148,9 @@ class StreamState:
 
 class Subscriber:
     """A SUB socket that checks every message, tracks sequences and notices silence.
+
+    A frame-stream subscriber must pass ``hwm=FRAME_HWM``: the receive side queues too, and
+    a slow viewer at the default HWM would hold gigabytes of frames.
 
     ``on_gap(src, topic, expected, got)`` and ``on_boot(src, old, new)`` tell the owner to
     resynchronise (ask the source's ``state`` and pass it to ``apply_snapshot``). Malformed
@@ -176,10 +187,24 @@ class Subscriber:
         self.socket.connect(endpoint)
 
     def receive(self, timeout_ms: int | None = None) -> Message | None:
-        """The next good message, or None on timeout or when the one received was dropped."""
-        if timeout_ms is not None and not self.socket.poll(timeout_ms):
-            return None
-        return self.accept(self.socket.recv_multipart(copy=False))
+        """The next good message, or None on timeout or when the one received was dropped.
+
+        Polls only when nothing is waiting (a pyzmq poll costs more than a small receive);
+        topic and header arrive as bytes, payloads as zero-copy frames.
+        """
+        sock = self.socket
+        try:
+            topic = sock.recv(zmq.NOBLOCK)
+        except zmq.Again:
+            if timeout_ms is not None and not sock.poll(timeout_ms):
+                return None
+            topic = sock.recv()
+        frames: list[Any] = [topic]
+        if sock.getsockopt(zmq.RCVMORE):
+            frames.append(sock.recv())
+            while sock.getsockopt(zmq.RCVMORE):
+                frames.append(sock.recv(copy=False))
+        return self.accept(frames)
 
     def accept(self, frames: Sequence[Any], now: float | None = None) -> Message | None:
         """Check one received message against the envelope and the sequence state."""
@@ -261,7 +286,7 @@ class Request:
         self._server._pending.pop(self.corr, None)
         header = {"v": ENVELOPE_VERSION, "corr": self.corr, "cmd": self.cmd, **body}
         self._server.socket.send_multipart(
-            [self.identity, json.dumps(header, separators=(",", ":")).encode(), *payloads], copy=False
+            [self.identity, dump_json(header), *payloads], copy=False
         )
 
 
@@ -318,7 +343,7 @@ class CommandServer:
                 error = {"code": "bad_request", "retryable": False,
                          "message": f"{self.name}: a request needs cmd, corr and deadline_ns"}
                 body = {"v": ENVELOPE_VERSION, "corr": header["corr"], "ok": False, "error": error}
-                self.socket.send_multipart([identity, json.dumps(body).encode()])
+                self.socket.send_multipart([identity, dump_json(body)])
             return
         request = Request(self, identity, header, payloads)
         if request.remaining_s <= 0:
@@ -378,7 +403,7 @@ class CommandClient:
         deadline = time.monotonic() + timeout_s
         header = {"v": ENVELOPE_VERSION, "corr": corr, "cmd": cmd, "args": args or {},
                   "deadline_ns": time.time_ns() + int(timeout_s * 1e9)}
-        self.socket.send_multipart([json.dumps(header, separators=(",", ":")).encode(), *payloads], copy=False)
+        self.socket.send_multipart([dump_json(header), *payloads], copy=False)
         while True:
             remaining_ms = int((deadline - time.monotonic()) * 1000)
             if remaining_ms <= 0 or not self.socket.poll(remaining_ms):

@@ -16,17 +16,17 @@ status and other commands meanwhile.
 """
 from __future__ import annotations
 
-import json
 import logging
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
-import zmq
+import numpy as np
 
+from drivers.fingerprint import biometrics
 from station import config
-from station.bus import CommandClient, Request, Subscriber
+from station.bus import CommandClient, Reply, Request, Subscriber
 from station.daemon import Daemon, main_for
 from station.envelope import Message
 from station.errors import StationError
@@ -56,6 +56,7 @@ class Session:
     portrait_files: dict[str, bytes] = field(default_factory=dict)
     fingers: dict[int, dict[str, Any]] = field(default_factory=dict)
     finger_images: dict[int, bytes] = field(default_factory=dict)
+    finger_templates: dict[int, bytes] = field(default_factory=dict)
     exceptions: dict[int, str] = field(default_factory=dict)
     busy: bool = False
 
@@ -197,66 +198,104 @@ class Controller(Daemon):
         self.events.publish("session.started", {"session": session.session_id, "operator": operator}, name="enrollment")
         return {"session": session.session_id, "finger_positions": self.policy["finger_positions"]}
 
-    def _run_capture(self, request: Request, session: Session, driver: str, cmd: str, args: dict,
-                     finish) -> None:
-        """Ask a driver for a capture in the worker; answer the operator from the main loop."""
-        timeout = float(self.config["capture_timeout_s"])
-        endpoint = self.paths.cmd(driver)
+    def _in_worker(self, request: Request, session: Session, job: Callable[[], Any],
+                   finish: Callable[[Any], dict]) -> None:
+        """Run ``job`` (blocking calls to drivers) in the worker; answer from the main loop."""
 
-        def job():
-            client = CommandClient(self.ctx, endpoint, name=driver)
-            try:
-                return client.call(cmd, args, timeout_s=min(timeout, max(request.remaining_s - 0.5, 0.5)))
-            finally:
-                client.close()
-
-        def done(reply, error):
+        def done(result: Any, error: BaseException | None) -> None:
             session.busy = False
             if error is not None:
                 request.fail(error if isinstance(error, StationError) else
-                             StationError(f"{driver}: {error}", code="internal"))
+                             StationError(f"capture failed: {error}", code="internal"))
                 return
-            request.reply(finish(reply))
+            request.reply(finish(result))
 
         session.busy = True
         self.worker.submit(job, done)
 
+    def _call_driver(self, request: Request, driver: str, cmd: str, args: dict) -> Reply:
+        """One command to a driver, from the worker thread, within the operator's deadline."""
+        timeout = min(float(self.config["capture_timeout_s"]), max(request.remaining_s - 0.5, 0.5))
+        client = CommandClient(self.ctx, self.paths.cmd(driver), name=driver)
+        try:
+            return client.call(cmd, args, timeout_s=timeout)
+        finally:
+            client.close()
+
     def _cmd_portrait(self, request: Request) -> None:
         session = self._session(request)
         camera = self._driver("camera")
+        mode = request.args.get("mode", "icao")
 
-        def finish(reply):
+        def finish(reply: Reply) -> dict:
             result = reply.result
             session.portrait = {"camera": camera, **{k: v for k, v in result.items() if k != "images"}}
-            for name, payload in zip(result.get("images", []), reply.payloads):
-                session.portrait_files[name] = bytes(payload)
+            session.portrait_files = {name: bytes(p) for name, p in zip(result.get("images", []), reply.payloads)}
             self.events.publish("portrait.captured", {"session": session.session_id, "score": result.get("score"),
                                                       "forced": result.get("forced", False)}, name="enrollment")
             return {"score": result.get("score"), "passed": result.get("passed"), "forced": result.get("forced"),
                     "hint": result.get("hint"), "images": list(session.portrait_files)}
 
-        self._run_capture(request, session, camera, "capture",
-                          {"mode": request.args.get("mode", "icao")}, finish)
+        self._in_worker(request, session, lambda: self._call_driver(request, camera, "capture", {"mode": mode}),
+                        finish)
 
     def _cmd_finger(self, request: Request) -> None:
+        """Capture one finger under the policy: up to N attempts until NFIQ 2 reaches the
+        accept level, else keep the best attempt flagged force-captured; refuse a finger that
+        matches one of the applicant's other positions (duplicate or swapped finger)."""
         session = self._session(request)
         position = request.args.get("position")
         if position not in self.policy["finger_positions"]:
             raise SessionError(f"finger position {position!r} is not in the enrollment policy "
                                f"{self.policy['finger_positions']}", code="bad_request")
         scanner = self._driver("fingerprint")
+        accept, attempts = self.policy["nfiq2_accept"], self.policy["attempts"]
+        earlier = {p: t for p, t in session.finger_templates.items() if p != position}
+        sid = session.session_id
 
-        def finish(reply):
+        def job() -> tuple[Reply, list[int]]:
+            best: Reply | None = None
+            scores: list[int] = []
+            for attempt in range(1, attempts + 1):
+                reply = self._call_driver(request, scanner, "capture", {"position": position})
+                nfiq2 = int(reply.result["nfiq2"])
+                scores.append(nfiq2)
+                self.worker.post(lambda a=attempt, q=nfiq2: self.events.publish(
+                    "finger.attempt", {"session": sid, "position": position, "attempt": a, "nfiq2": q},
+                    name="enrollment"))
+                self._refuse_duplicate(position, bytes(reply.payloads[1]), earlier)
+                if best is None or nfiq2 > int(best.result["nfiq2"]):
+                    best = reply
+                if nfiq2 >= accept:
+                    break
+            return best, scores
+
+        def finish(outcome: tuple[Reply, list[int]]) -> dict:
+            reply, scores = outcome
             result = reply.result
-            session.fingers[position] = {"scanner": scanner, **result}
+            forced = int(result["nfiq2"]) < accept
+            summary = {"position": position, "name": FINGER_NAMES[position], "nfiq2": result["nfiq2"],
+                       "minutiae": result.get("minutiae"), "attempts": len(scores), "attempt_nfiq2": scores,
+                       "force_captured": forced}
+            session.fingers[position] = {"scanner": scanner, "width": result["width"], "height": result["height"],
+                                         "resolution_ppi": result.get("resolution_ppi", 500), **summary}
             session.finger_images[position] = bytes(reply.payloads[0])
+            session.finger_templates[position] = bytes(reply.payloads[1])
             session.exceptions.pop(position, None)
-            self.events.publish("finger.captured", {"session": session.session_id, "position": position},
-                                name="enrollment")
-            return {"position": position, "name": FINGER_NAMES[position],
-                    **{k: result[k] for k in ("width", "height", "encoding") if k in result}}
+            self.events.publish("finger.captured", {"session": sid, "position": position, "nfiq2": result["nfiq2"],
+                                                    "force_captured": forced}, name="enrollment")
+            return summary
 
-        self._run_capture(request, session, scanner, "capture", {"position": position}, finish)
+        self._in_worker(request, session, job, finish)
+
+    def _refuse_duplicate(self, position: int, template: bytes, earlier: dict[int, bytes]) -> None:
+        threshold = self.policy["duplicate_finger_threshold"]
+        for other, other_template in earlier.items():
+            score = biometrics.compare(template, other_template)
+            if score >= threshold:
+                raise SessionError(
+                    f"same finger as {FINGER_NAMES[other]} (position {other}, match score {score}): "
+                    f"place the {FINGER_NAMES[position]}", code="duplicate_finger", retryable=True)
 
     def _cmd_exception(self, request: Request) -> dict:
         session = self._session(request)
@@ -266,8 +305,8 @@ class Controller(Daemon):
             raise SessionError(f"an exception needs a policy finger position and a reason among {sorted(reasons)}",
                                code="bad_request")
         session.exceptions[position] = reason
-        session.fingers.pop(position, None)
-        session.finger_images.pop(position, None)
+        for captured in (session.fingers, session.finger_images, session.finger_templates):
+            captured.pop(position, None)
         return {"position": position, "reason": reason}
 
     def _cmd_finish(self, request: Request) -> dict:
@@ -281,7 +320,10 @@ class Controller(Daemon):
         record_id = secrets.token_hex(16)
         files = dict(session.portrait_files)
         for position, image in session.finger_images.items():
-            files[f"finger-{position:02d}.gray8"] = image
+            finger = session.fingers[position]
+            pixels = np.frombuffer(image, np.uint8).reshape(finger["height"], finger["width"])
+            files[f"finger-{position:02d}.wsq"] = biometrics.wsq_encode(pixels, ppi=finger["resolution_ppi"])
+            files[f"finger-{position:02d}.iso19794-2"] = session.finger_templates[position]
         manifest = {
             "record": record_id, "session": session.session_id, "station": self.name,
             "operator": session.operator, "applicant": session.applicant,

@@ -38,6 +38,13 @@ class Face:
         (lx, ly), (rx, ry) = self.eyes
         return math.hypot(rx - lx, ry - ly)
 
+    def eyes_or_estimate(self) -> tuple[Point, Point]:
+        """The eyes, or where they usually sit in a face box (for exception photos)."""
+        if self.eyes is not None:
+            return self.eyes
+        x, y, w, h = self.box
+        return (x + 0.3 * w, y + 0.38 * h), (x + 0.7 * w, y + 0.38 * h)
+
 
 class FaceDetector(Protocol):
     def detect(self, image: np.ndarray) -> list[Face]:
@@ -94,7 +101,7 @@ class HaarDetector:
                     break
         faces = []
         for (x, y, fw, fh), neighbours in found:
-            box = (round(x / k), round(y / k), round(fw / k), round(fh / k))
+            box = _clip((x / k, y / k, fw / k, fh / k), w, h)
             eyes = self._find_eyes(grey, box, angle)
             faces.append(Face(box, eyes, float(neighbours / (neighbours + self.min_neighbors))))
         faces.sort(key=lambda f: f.box[2] * f.box[3], reverse=True)
@@ -150,6 +157,13 @@ class HaarDetector:
             px, py = _iris_centre(band, chosen[which][1])
             eyes.append(tuple(float(v) for v in back @ np.array([px, py + top, 1.0])))
         return eyes[0], eyes[1]
+
+
+def _clip(box: tuple[float, ...], width: int, height: int) -> tuple[int, int, int, int]:
+    """A box found on a rotated copy may poke out of the frame; keep it inside."""
+    x0, y0 = max(0, round(box[0])), max(0, round(box[1]))
+    x1, y1 = min(width, round(box[0] + box[2])), min(height, round(box[1] + box[3]))
+    return x0, y0, max(1, x1 - x0), max(1, y1 - y0)
 
 
 def _iris_centre(band: np.ndarray, eye_box: tuple[int, int, int, int]) -> Point:

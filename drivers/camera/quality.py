@@ -22,7 +22,7 @@ failure in it is the worst one to report.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
@@ -188,8 +188,10 @@ class FaceAnalyzer:
         else:
             mid = (x + w / 2, y + 0.38 * h)   # where the eyes sit in a Haar face box
             inter_eye = roll = None
-        inner = grey[max(0, round(y + 0.25 * h)):round(y + 0.85 * h), max(0, round(x + 0.2 * w)):round(x + 0.8 * w)]
-        split = min(max(1, round(mid[0] - (x + 0.2 * w))), inner.shape[1] - 1)
+        # The inner face: skin from brows to mouth, no hair and no background.
+        x0, y0 = max(0, round(x + 0.2 * w)), max(0, round(y + 0.25 * h))
+        inner = grey[y0:max(y0 + 2, round(y + 0.85 * h)), x0:max(x0 + 2, round(x + 0.8 * w))]
+        split = min(max(1, round(mid[0]) - x0), inner.shape[1] - 1)
         left, right = float(inner[:, :split].mean()), float(inner[:, split:].mean())
         mean = float(inner.mean())
         dark = float(np.count_nonzero(inner <= 5)) / inner.size
@@ -212,7 +214,7 @@ class FaceAnalyzer:
             "background_uniformity": self._background(grey, face),
         }
         if checks["clipping"].side:
-            checks["clipping"] = _replace_side(checks["clipping"], "dark" if dark > bright else "bright")
+            checks["clipping"] = replace(checks["clipping"], side="dark" if dark > bright else "bright")
         return checks
 
     def _yaw(self, image: np.ndarray, face: Face, mid: tuple[float, float], inter_eye: float | None) -> Check:
@@ -266,10 +268,6 @@ class FaceAnalyzer:
             hint = _HINTS.get((first, checks[first].side), _HINTS[("eyes_found", "low")])
         return QualityReport(passed=not failed, score=round(score, 1), hint=hint, checks=checks,
                              face=face, face_count=face_count, failed=failed)
-
-
-def _replace_side(check: Check, side: str) -> Check:
-    return Check(check.value, check.passed, check.min, check.max, side=side, grade=check.grade)
 
 
 def _sharpness(inner: np.ndarray) -> float:

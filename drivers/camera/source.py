@@ -72,15 +72,21 @@ class V4L2Source(FrameSource):
     the camera that way. Exposure, gain and white balance are passed in the driver's own
     units (OpenCV's V4L2 backend does not rescale them): exposure in 100 µs steps
     (``exposure_absolute``), white balance in kelvin; ``None`` means automatic.
+
+    An unplugged camera makes OpenCV's read wait out its select() timeout before failing:
+    ``read_timeout_s`` is asked for through ``CAP_PROP_READ_TIMEOUT_MSEC`` where the backend
+    takes it, and the service unit should also set ``OPENCV_VIDEOIO_V4L_SELECT_TIMEOUT=1``
+    (seconds; OpenCV's default is 10), so the daemon can report offline within 2 s.
     """
 
     SETTINGS = ("fourcc", "width", "height", "fps", "exposure", "gain", "white_balance")
 
     def __init__(self, device: str | int, width: int = 1280, height: int = 720, fps: float = 30,
                  fourcc: str = "MJPG", exposure: float | None = None, gain: float | None = None,
-                 white_balance: float | None = None,
+                 white_balance: float | None = None, read_timeout_s: float = 1.0,
                  capture_factory: Callable[..., cv2.VideoCapture] = cv2.VideoCapture):
         self.device = str(device)
+        self.read_timeout_s = read_timeout_s
         self._settings = {"fourcc": fourcc, "width": width, "height": height, "fps": fps,
                           "exposure": exposure, "gain": gain, "white_balance": white_balance}
         self._factory = capture_factory
@@ -90,17 +96,16 @@ class V4L2Source(FrameSource):
 
     def open(self) -> None:
         self.close()
-        if self.device.isdigit():
-            target: str | int = int(self.device)
-        else:
-            if not os.path.exists(self.device):
-                raise DeviceError(f"{self.device}: no such camera; is it plugged in? (ls /dev/v4l/by-id/)")
-            target = os.path.realpath(self.device)
+        path = f"/dev/video{self.device}" if self.device.isdigit() else self.device
+        if not os.path.exists(path):
+            raise DeviceError(f"{self.device}: no such camera; is it plugged in? (ls /dev/v4l/by-id/)")
+        target: str | int = int(self.device) if self.device.isdigit() else os.path.realpath(path)
         cap = self._factory(target, cv2.CAP_V4L2)
         if not cap.isOpened():
             cap.release()
             raise DeviceError(f"{self.device}: camera present but cannot be opened (busy, or no permission "
                               "on the video group?)")
+        cap.set(cv2.CAP_PROP_READ_TIMEOUT_MSEC, self.read_timeout_s * 1000)   # ignored where unsupported
         self._cap = cap
         self._index = 0
         self.accepted = self.apply(self._settings)
