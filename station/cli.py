@@ -4,6 +4,7 @@
   stationctl state NAME                        a daemon's snapshot (status, config, counters)
   stationctl call NAME CMD [JSON]              send one command, print the reply
   stationctl watch [NAME ...] [--topic PREFIX] print events as JSON lines (never payloads)
+  stationctl face check IMAGE...               the camera's portrait checks on image files
   stationctl emulate fingerprint|camera ...    run one device emulator; first line: its path
 """
 from __future__ import annotations
@@ -12,6 +13,7 @@ import argparse
 import json
 import signal
 import sys
+from pathlib import Path
 from typing import Sequence
 
 import zmq
@@ -94,6 +96,28 @@ def cmd_watch(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_face_check(args: argparse.Namespace) -> int:
+    """The camera daemon's own analysis on image files, for tuning thresholds at a desk."""
+    import cv2
+
+    from drivers.camera.detector import make_detector
+    from drivers.camera.quality import FaceAnalyzer
+
+    camera = config.load("camera", args.camera, _paths(args).etc)
+    analyzer = FaceAnalyzer(camera["quality"], make_detector(camera["detector"]))
+    status = 0
+    for path in args.images:
+        image = cv2.imread(path, cv2.IMREAD_COLOR) if Path(path).is_file() else None
+        if image is None:
+            print(json.dumps({"image": path, "error": "cannot read this file as an image"}))
+            status = 1
+            continue
+        report = analyzer.analyze(image)
+        print(json.dumps({"image": path, **report.to_dict()}, default=float, ensure_ascii=False))
+        status = status or (0 if report.passed else 1)
+    return status
+
+
 def cmd_emulate(args: argparse.Namespace, rest: list[str]) -> int:
     if args.device == "fingerprint":
         from drivers.fingerprint import emulator
@@ -132,6 +156,13 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--heartbeats", action="store_true", help="show heartbeats too")
     watch.add_argument("--count", type=int, default=0, help="stop after N events")
     watch.set_defaults(func=cmd_watch)
+
+    face = sub.add_parser("face", help="face image tools")
+    face_sub = face.add_subparsers(dest="action", required=True)
+    face_check = face_sub.add_parser("check", help="ICAO portrait checks on image files, one JSON report each")
+    face_check.add_argument("images", nargs="+")
+    face_check.add_argument("--camera", default="cam0", help="whose thresholds to use (default cam0)")
+    face_check.set_defaults(func=cmd_face_check)
 
     emulate = sub.add_parser("emulate", help="run one device emulator (options: stationctl emulate DEVICE --help)",
                              add_help=False)

@@ -204,11 +204,17 @@ class Controller(Daemon):
 
         def done(result: Any, error: BaseException | None) -> None:
             session.busy = False
-            if error is not None:
-                request.fail(error if isinstance(error, StationError) else
-                             StationError(f"capture failed: {error}", code="internal"))
-                return
-            request.reply(finish(result))
+            if error is None:
+                try:
+                    request.reply(finish(result))
+                    return
+                except Exception as exc:  # answered below, like a failure in the job itself
+                    error = exc
+            if isinstance(error, StationError):
+                request.fail(error)
+            else:
+                log.error("%s failed", request.cmd, exc_info=error)
+                request.fail(StationError(f"{request.cmd} failed: {error!r}", code="internal"))
 
         session.busy = True
         self.worker.submit(job, done)

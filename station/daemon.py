@@ -55,6 +55,7 @@ class Daemon:
         self._stop_requested = False
         self._reload_requested = False
         self._last_watchdog = 0.0
+        self._loop_errors = 0
         self.publishers: list[Publisher] = []
         self.events = self.add_publisher(paths.pub(name))
         self.commands = CommandServer(self.ctx, paths.cmd(name), name=f"{self.kind}.{name}")
@@ -166,17 +167,18 @@ class Daemon:
         try:
             self.setup()
             while not self._stop_requested:
-                for socket, _ in self._poller.poll(self.poll_timeout_ms()):
-                    self._readers[socket]()
-                now = time.monotonic()
-                self.tick(now)
-                self.commands.expire()
-                for publisher in self.publishers:
-                    publisher.tick(now)
-                if self._reload_requested:
-                    self._reload_requested = False
-                    self.reload()
-                self._feed_watchdog(now)
+                try:
+                    self._iterate()
+                    self._loop_errors = 0
+                except (zmq.ContextTerminated, KeyboardInterrupt):
+                    raise
+                except Exception:
+                    # Logged, never fatal; but a loop that keeps failing stops feeding the
+                    # watchdog, and systemd restarts the process.
+                    self._loop_errors += 1
+                    if self._loop_errors == 1 or self._loop_errors % 100 == 0:
+                        self.log.exception("main loop failed (%d in a row)", self._loop_errors)
+                    time.sleep(POLL_MS / 1000)
         finally:
             self.notifier.stopping()
             try:
@@ -189,11 +191,24 @@ class Daemon:
                 self.log.info("stopped")
         return 0
 
+    def _iterate(self) -> None:
+        for socket, _ in self._poller.poll(self.poll_timeout_ms()):
+            self._readers[socket]()
+        now = time.monotonic()
+        self.tick(now)
+        self.commands.expire()
+        for publisher in self.publishers:
+            publisher.tick(now)
+        if self._reload_requested:
+            self._reload_requested = False
+            self.reload()
+        self._feed_watchdog(now)
+
     def _feed_watchdog(self, now: float) -> None:
         interval = self.notifier.watchdog_interval_s
         if interval is None or now - self._last_watchdog < interval:
             return
-        if self.healthy():
+        if self._loop_errors == 0 and self.healthy():
             self.notifier.watchdog()
             self._last_watchdog = now
 

@@ -45,8 +45,12 @@ class Worker:
             except queue.Empty:
                 return count
             count += 1
-            if done is not None:
+            if done is None:
+                continue
+            try:
                 done(result, error)
+            except Exception:  # a bug in one callback must not stop the main loop
+                log.exception("%s: completion callback failed", self.name)
 
     @property
     def idle(self) -> bool:

@@ -35,3 +35,23 @@ def test_call_a_daemon_that_is_not_running_is_a_structured_error(tmp_path):
     assert out.returncode == 1
     reply = json.loads(out.stdout)
     assert reply["error"]["code"] == "deadline_exceeded" and reply["error"]["retryable"] is True
+
+
+def test_face_check_reports_each_image(tmp_path):
+    import cv2
+
+    from drivers.camera.scene import Scene, SceneParams
+    scene = Scene()
+    cv2.imwrite(str(tmp_path / "good.png"), scene.render(SceneParams()))
+    cv2.imwrite(str(tmp_path / "dark.png"), scene.render(SceneParams(brightness=0.3)))
+    good = stationctl("--etc", str(tmp_path), "face", "check", str(tmp_path / "good.png"))
+    assert good.returncode == 0, good.stderr
+    report = json.loads(good.stdout)
+    assert report["passed"] and report["score"] > 70 and report["hint"] is None
+    assert report["checks"]["inter_eye_px"]["value"] >= 90
+    out = stationctl("--etc", str(tmp_path), "face", "check", str(tmp_path / "dark.png"), str(tmp_path / "missing.png"))
+    assert out.returncode == 1
+    dark, missing = [json.loads(line) for line in out.stdout.splitlines()]
+    assert not dark["passed"] and "dark" in dark["hint"] and not dark["checks"]["exposure"]["passed"]
+    assert dark["score"] < report["score"]
+    assert "cannot read" in missing["error"]

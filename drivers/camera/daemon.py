@@ -22,8 +22,8 @@ import cv2
 from drivers.camera.capture import AutoCapture
 from drivers.camera.detector import make_detector
 from drivers.camera.quality import FaceAnalyzer
-from drivers.camera.source import FrameSource, open_source
-from drivers.camera.token import token_portrait
+from drivers.camera.source import FrameSource, make_source
+from drivers.camera.portrait import token_portrait
 from station.bus import Request
 from station.daemon import Daemon, main_for
 from station.envelope import image_fields
@@ -71,7 +71,7 @@ class CameraDaemon(Daemon):
 
     def _open(self) -> None:
         try:
-            source = open_source(self.config["source"])
+            source = make_source(self.config["source"])
             source.open()
             self.accepted = source.apply({k: self.config["source"][k] for k in LIVE_SOURCE_KEYS
                                           if k in self.config["source"]})
@@ -166,8 +166,9 @@ class CameraDaemon(Daemon):
             raise StationError(f"capture mode must be 'icao' or 'exception', not {mode!r}", code="bad_request")
         timeout = float(request.args.get("timeout_s", self.config["capture"]["timeout_s"]))
         timeout = min(timeout, max(request.remaining_s - 1.0, 0.5))
-        self.pending = PendingCapture(request, AutoCapture(self.config["capture"]["consecutive_frames"], timeout,
-                                                           mode=mode))
+        capture = self.config["capture"]
+        self.pending = PendingCapture(request, AutoCapture(capture["consecutive_frames"], timeout, mode=mode,
+                                                           exception_ignores=capture["exception_ignores"]))
         self.set_state("busy", f"capturing ({mode})")
         return None
 
@@ -187,11 +188,13 @@ class CameraDaemon(Daemon):
                                               code="no_face", retryable=True))
             return
         chosen = decision.report
-        eyes = chosen.eyes
-        if eyes is None:
-            pending.request.fail(StationError("the best frame has no eyes located; capture again",
-                                              code="no_face", retryable=True))
+        if chosen.face is None:
+            pending.request.fail(StationError(f"no face in the best frame: {chosen.hint}", code="no_face",
+                                              retryable=True))
             return
+        # An exception photo (eyes closed, covered) may lack located eyes: the detector's
+        # estimate from the face box still places the token crop sensibly.
+        eyes = chosen.eyes or chosen.face.eyes_or_estimate()
         token = token_portrait(decision.frame.image, eyes, self.config["token"])
         result = {
             "passed": chosen.passed, "score": chosen.score, "hint": chosen.hint, "forced": decision.forced,

@@ -119,6 +119,11 @@ class QualityReport:
     face_count: int = 0
     failed: tuple[str, ...] = field(default=())
 
+    @property
+    def eyes(self) -> tuple[tuple[float, float], tuple[float, float]] | None:
+        """Eye centres of the analysed face (image-left first), None if not found."""
+        return self.face.eyes if self.face is not None else None
+
     def to_dict(self) -> dict:
         face = None
         if self.face is not None:

@@ -22,6 +22,8 @@ from dataclasses import astuple, dataclass, replace
 import cv2
 import numpy as np
 
+from station.errors import ConfigError
+
 # Where the portrait sits in astronaut(): the crop (x0, y0, x1, y1) and the iris centres
 # (image-left eye, image-right eye), measured by hand on a 10x zoom.
 _CROP = (100, 0, 350, 340)
@@ -69,7 +71,14 @@ class SceneParams:
 
     @classmethod
     def from_config(cls, section: dict) -> "SceneParams":
-        return cls(**section)
+        """From the ``source.scene`` config section; a bad key or value is a ConfigError."""
+        unknown = sorted(set(section) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ConfigError([f"source.scene.{k}: not a scene parameter" for k in unknown])
+        try:
+            return cls(**section)
+        except ValueError as e:
+            raise ConfigError([f"source.scene: {e}"]) from None
 
 
 @dataclass(frozen=True)

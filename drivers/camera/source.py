@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -127,10 +127,13 @@ class V4L2Source(FrameSource):
             self._cap = None
 
     def apply(self, settings: dict) -> dict:
-        """Format first (the driver restarts the stream for it), then the image controls."""
-        unknown = set(settings) - set(self.SETTINGS)
-        if unknown:
-            raise ConfigError([f"source.{k}: not a V4L2 camera setting" for k in sorted(unknown)])
+        """Format first (the driver restarts the stream for it), then the image controls.
+
+        Keys that are not live camera settings (``kind``, ``device``, ...) are left alone,
+        so the daemon can hand over the whole ``source`` section on a reload; changing the
+        device itself means closing this source and opening another.
+        """
+        settings = {k: v for k, v in settings.items() if k in self.SETTINGS}
         self._settings.update(settings)
         cap = self._cap
         if cap is None:
@@ -262,7 +265,7 @@ class EmulatedSource(FrameSource):
         self.device = "emulated"
         self.width, self.height = int(width), int(height)
         self.seed, self.noise_sigma = seed, noise_sigma
-        self.params = scene if isinstance(scene, SceneParams) else SceneParams(**(scene or {}))
+        self.params = scene if isinstance(scene, SceneParams) else SceneParams.from_config(scene or {})
         self._pacer = _Pacer(fps, clock, sleep)
         self._clock = clock
         self._scene: Scene | None = None
@@ -288,7 +291,7 @@ class EmulatedSource(FrameSource):
 
     def apply(self, settings: dict) -> dict:
         if "scene" in settings:
-            self.params = replace(self.params, **settings["scene"])
+            self.params = SceneParams.from_config({**asdict(self.params), **settings["scene"]})
         if "fps" in settings:
             self._pacer.set_fps(settings["fps"])
         if "width" in settings or "height" in settings:
@@ -299,7 +302,7 @@ class EmulatedSource(FrameSource):
         # Exposure, gain and white balance are not emulated; the scene's brightness is.
         return {"width": self.width, "height": self.height, "fps": self._pacer.fps,
                 "exposure": None, "gain": None, "white_balance": None,
-                "scene": {k: getattr(self.params, k) for k in self.params.__dataclass_fields__}}
+                "scene": asdict(self.params)}
 
 
 class _Pacer:

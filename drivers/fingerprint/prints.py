@@ -90,6 +90,7 @@ class Conditions:
     contact: float = 1.0  # share of the pad touching the glass, 0.4 .. 1
     noise: float = 0.03  # sensor noise, as a share of full scale
     distortion_px: float = 2.0  # amplitude of the elastic skin distortion
+    blur_px: float = 0.7  # optics and a smudging finger: Gaussian sigma of the image
 
     @classmethod
     def random(cls, rng: np.random.Generator) -> "Conditions":
@@ -101,6 +102,21 @@ class Conditions:
             contact=float(rng.uniform(0.8, 1.0)),
             noise=float(rng.uniform(0.01, 0.05)),
             distortion_px=float(rng.uniform(0.5, 3.0)),
+        )
+
+    @classmethod
+    def poor(cls, rng: np.random.Generator) -> "Conditions":
+        """A bad placement: dry, light, smudged, half on the glass, on a noisy sensor. NFIQ 2 scores
+        these well under the usual accept level of 40, as it should."""
+        return cls(
+            shift_px=(float(rng.normal(0, 10)), float(rng.normal(0, 12))),
+            rotation_deg=float(rng.normal(0, 7)),
+            pressure=float(rng.uniform(0.0, 0.15)),
+            dryness=float(rng.uniform(0.9, 1.0)),
+            contact=float(rng.uniform(0.45, 0.5)),
+            noise=float(rng.uniform(0.1, 0.15)),
+            distortion_px=float(rng.uniform(0.5, 3.0)),
+            blur_px=float(rng.uniform(1.0, 1.2)),
         )
 
 
@@ -234,11 +250,19 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], scale: float
     return big / (big.std() + 1e-6)
 
 
+class Quality(str, Enum):
+    """How impressions are taken when no explicit ``Conditions`` are given."""
+
+    GOOD = "good"  # ``Conditions.random``: ordinary placements, NFIQ 2 mostly 40-65
+    POOR = "poor"  # ``Conditions.poor``: NFIQ 2 well under 40
+
+
 class SyntheticFinger:
     """One finger of one applicant; ``next_impression()`` is the emulator's print source."""
 
-    def __init__(self, applicant_seed: int = 0, finger_position: int = 2):
+    def __init__(self, applicant_seed: int = 0, finger_position: int = 2, quality: Quality | str = Quality.GOOD):
         self.spec, self._ridges = _master(applicant_seed, finger_position)
+        self.quality = Quality(quality)
         self._impressions = 0
 
     @property
@@ -261,7 +285,7 @@ class SyntheticFinger:
             [spec.applicant_seed & 0xFFFFFFFF, spec.finger_position, 0x1A9, index]
         )
         if conditions is None:
-            conditions = Conditions.random(rng)
+            conditions = Conditions.poor(rng) if self.quality == Quality.POOR else Conditions.random(rng)
         return _render(self._ridges, spec, conditions, rng)
 
 
@@ -303,6 +327,6 @@ def _render(ridges: np.ndarray, spec: FingerSpec, c: Conditions, rng: np.random.
         ink *= np.clip(1.0 - c.dryness * np.clip(pores + 0.3, 0.0, None), 0.0, 1.0)
     darkness = 0.82 * ink * contact
     image = 1.0 - darkness
-    image = cv2.GaussianBlur(image.astype(np.float32), (0, 0), 0.7)
+    image = cv2.GaussianBlur(image.astype(np.float32), (0, 0), c.blur_px)
     image += rng.normal(0, c.noise, image.shape).astype(np.float32)
     return np.clip(image * 255.0, 0, 255).astype(np.uint8)

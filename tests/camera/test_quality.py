@@ -18,6 +18,7 @@ def test_centred_face_passes(scene, analyzer):
         assert report.checks["inter_eye_px"].value >= 90
         assert abs(report.checks["roll_deg"].value) < 2
         assert report.score > 80
+        assert report.eyes == report.face.eyes and report.eyes is not None
 
 
 # (scene, the check that must fail, the hint the operator must see)

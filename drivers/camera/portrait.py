@@ -28,6 +28,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from station.errors import ConfigError
+
 Point = tuple[float, float]
 
 TOKEN_HEIGHT_PER_WIDTH = 1 / 0.75
@@ -48,10 +50,10 @@ def token_geometry(width: int) -> tuple[int, Point, Point]:
 class TokenPortrait:
     image: np.ndarray            # BGR, width x width*4/3
     eyes: tuple[Point, Point]    # where the eye centres are in ``image`` (image-left first)
-    jpeg: bytes                  # JFIF, for the enrolment record
-    chip: bytes                  # DG2 payload encoding, within the chip budget
+    record_jpeg: bytes           # JFIF, for the enrolment record
+    chip_image: bytes            # DG2 image encoding, within the chip budget
     chip_format: str             # "jpeg2000" or "jpeg"
-    padded: bool                 # part of the token lay outside the camera frame
+    padded: bool                 # part of the token lay outside the camera frame (edges repeated)
 
     @property
     def width(self) -> int:
@@ -61,13 +63,30 @@ class TokenPortrait:
     def height(self) -> int:
         return self.image.shape[0]
 
+    def geometry(self) -> dict:
+        """JSON-able facts about the token for a capture reply or a record."""
+        return {"width": self.width, "height": self.height,
+                "eyes": [[round(x, 2), round(y, 2)] for x, y in self.eyes],
+                "padded": self.padded, "record_bytes": len(self.record_jpeg),
+                "chip_format": self.chip_format, "chip_bytes": len(self.chip_image)}
 
-def token_portrait(image: np.ndarray, eyes: tuple[Point, Point], width: int = 480,
-                   jpeg_quality: int = 92, chip_budget_bytes: int = 18000,
-                   chip_format: str = "jpeg2000") -> TokenPortrait:
-    """Level the eye line, scale to 0.25 W between the eyes and crop to the token frame."""
+
+TOKEN_DEFAULTS = {"width": 480, "jpeg_quality": 92, "chip_budget_bytes": 18000, "chip_format": "jpeg2000"}
+
+
+def token_portrait(image: np.ndarray, eyes: tuple[Point, Point], cfg: dict | None = None) -> TokenPortrait:
+    """Level the eye line, scale to 0.25 W between the eyes and crop to the token frame.
+
+    ``cfg`` is the ``token`` config section (width, jpeg_quality, chip_budget_bytes,
+    chip_format); missing keys take ``TOKEN_DEFAULTS``.
+    """
+    unknown = sorted(set(cfg or {}) - set(TOKEN_DEFAULTS))
+    if unknown:
+        raise ConfigError([f"token.{k}: not a token option" for k in unknown])
+    opts = {**TOKEN_DEFAULTS, **(cfg or {})}
+    width = int(opts["width"])
     if width < MIN_TOKEN_WIDTH:
-        raise ValueError(f"token width {width} px is below the ISO/IEC 19794-5 minimum of {MIN_TOKEN_WIDTH}")
+        raise ConfigError([f"token.width: {width} px is below the ISO/IEC 19794-5 minimum of {MIN_TOKEN_WIDTH}"])
     (lx, ly), (rx, ry) = sorted(eyes, key=lambda p: p[0])
     height, first, second = token_geometry(width)
     scale = (second[0] - first[0]) / math.hypot(rx - lx, ry - ly)
@@ -83,10 +102,10 @@ def token_portrait(image: np.ndarray, eyes: tuple[Point, Point], width: int = 48
     m[1, 2] += first[1] - (ly + ry) / 2
     token = cv2.warpAffine(source, m, (width, height), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
     placed = tuple(tuple(float(v) for v in m @ np.array([x, y, 1.0])) for x, y in ((lx, ly), (rx, ry)))
-    ok, jpeg = cv2.imencode(".jpg", token, [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)])
+    ok, jpeg = cv2.imencode(".jpg", token, [cv2.IMWRITE_JPEG_QUALITY, int(opts["jpeg_quality"])])
     if not ok:
         raise RuntimeError("OpenCV could not encode the token portrait as JPEG")
-    chip, fmt = encode_for_chip(token, chip_budget_bytes, chip_format)
+    chip, fmt = encode_for_chip(token, int(opts["chip_budget_bytes"]), opts["chip_format"])
     return TokenPortrait(token, placed, jpeg.tobytes(), chip, fmt, _outside(m, source.shape, width, height))
 
 
@@ -112,8 +131,8 @@ def encode_for_chip(image: np.ndarray, budget_bytes: int, preferred: str = "jpeg
     data = _search(lambda q: _encode(image, ".jpg", [cv2.IMWRITE_JPEG_QUALITY, q]), 5, 95, budget_bytes)
     if data is not None:
         return data, "jpeg"
-    raise ValueError(f"token portrait does not fit the chip budget of {budget_bytes} bytes even at the "
-                     "lowest quality; raise token.chip_budget_bytes or lower token.width")
+    raise ConfigError([f"token.chip_budget_bytes: the token portrait does not fit {budget_bytes} bytes even at "
+                       "the lowest quality; raise the budget or lower token.width"])
 
 
 def _encode(image: np.ndarray, ext: str, params: list[int]) -> bytes | None:

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from drivers.camera.scene import SceneParams
-from drivers.camera.token import token_geometry, token_portrait
+from drivers.camera.portrait import token_geometry, token_portrait
+from station.errors import ConfigError
 
 
 def _marked(scene, params):
@@ -36,7 +37,7 @@ def test_geometry_for_480():
                                     SceneParams(roll_deg=-6, scale=0.8, y=0.38), SceneParams(scale=2.2)])
 def test_eyes_land_within_2px_of_iso_geometry(scene, params):
     image, eyes = _marked(scene, params)
-    token = token_portrait(image, eyes, width=480)
+    token = token_portrait(image, eyes, {"width": 480})
     height, first, second = token_geometry(480)
     assert token.image.shape == (height, 480, 3)
     # Where the dots actually ended up in the pixels, not only what the transform claims.
@@ -50,15 +51,18 @@ def test_eyes_land_within_2px_of_iso_geometry(scene, params):
 
 def test_encodings(scene):
     params = SceneParams()
-    token = token_portrait(scene.render(params, 0), scene.eye_centres(params), width=480,
-                           chip_budget_bytes=18000)
-    assert token.jpeg[:2] == b"\xff\xd8" and token.jpeg[6:11] == b"JFIF\x00"
-    assert 15000 <= len(token.chip) <= 18000 and token.chip_format == "jpeg2000"
-    decoded = cv2.imdecode(np.frombuffer(token.chip, np.uint8), cv2.IMREAD_COLOR)
+    token = token_portrait(scene.render(params, 0), scene.eye_centres(params),
+                           {"width": 480, "chip_budget_bytes": 18000})
+    assert token.record_jpeg[:2] == b"\xff\xd8" and token.record_jpeg[6:11] == b"JFIF\x00"
+    assert 15000 <= len(token.chip_image) <= 18000 and token.chip_format == "jpeg2000"
+    decoded = cv2.imdecode(np.frombuffer(token.chip_image, np.uint8), cv2.IMREAD_COLOR)
     assert decoded.shape == token.image.shape
     assert cv2.PSNR(decoded, token.image) > 30
-    jpeg_chip = token_portrait(token.image, token.eyes, width=480, chip_format="jpeg", chip_budget_bytes=18000)
-    assert jpeg_chip.chip_format == "jpeg" and len(jpeg_chip.chip) <= 18000
+    assert token.geometry() == {"width": 480, "height": 640, "eyes": [[179.0, 288.0], [299.0, 288.0]],
+                                "padded": False, "record_bytes": len(token.record_jpeg),
+                                "chip_format": "jpeg2000", "chip_bytes": len(token.chip_image)}
+    jpeg_chip = token_portrait(token.image, token.eyes, {"chip_format": "jpeg", "chip_budget_bytes": 18000})
+    assert jpeg_chip.chip_format == "jpeg" and len(jpeg_chip.chip_image) <= 18000
 
 
 def test_padding_is_reported(scene):
@@ -67,6 +71,10 @@ def test_padding_is_reported(scene):
     assert token.padded
 
 
-def test_width_below_standard_minimum_refused(scene):
-    with pytest.raises(ValueError):
-        token_portrait(scene.render(SceneParams(), 0), scene.eye_centres(SceneParams()), width=200)
+def test_config_section_is_accepted_and_checked(scene, defaults):
+    image, eyes = scene.render(SceneParams(), 0), scene.eye_centres(SceneParams())
+    assert token_portrait(image, eyes, defaults["token"]).width == defaults["token"]["width"]
+    with pytest.raises(ConfigError, match="token.width"):
+        token_portrait(image, eyes, {"width": 200})
+    with pytest.raises(ConfigError, match="token.quality"):
+        token_portrait(image, eyes, {"quality": 90})
