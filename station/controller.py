@@ -328,7 +328,7 @@ class Controller(Daemon):
         for position, image in session.finger_images.items():
             finger = session.fingers[position]
             pixels = np.frombuffer(image, np.uint8).reshape(finger["height"], finger["width"])
-            files[f"finger-{position:02d}.wsq"] = biometrics.wsq_encode(pixels, ppi=finger["resolution_ppi"])
+            files[f"finger-{position:02d}.wsq"] = biometrics.wsq_encode(pixels)
             files[f"finger-{position:02d}.iso19794-2"] = session.finger_templates[position]
         manifest = {
             "record": record_id, "session": session.session_id, "station": self.name,

@@ -26,6 +26,7 @@ from typing import Any, Sequence
 import yaml
 import zmq
 
+from drivers.fingerprint.emulator_control import send_command
 from station.bus import CommandClient
 from station.errors import StationError
 from station.paths import Paths
@@ -82,6 +83,7 @@ class ApplicantResult:
     timings_s: dict[str, float] = field(default_factory=dict)
     portrait: dict[str, Any] = field(default_factory=dict)
     fingers: int = 0
+    events: list[str] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
     error: str = ""
 
@@ -150,11 +152,19 @@ class Demo:
         bindir = scripts_dir()
         link = self.workdir / "dev" / "fp0"
         link.parent.mkdir(parents=True, exist_ok=True)
-        emulator = self.spawn("emulator", [str(bindir / "stationctl"), "emulate", "fingerprint", "--link", str(link)])
+        self.sensor_control = self.paths.run / "fp0-sensor.ctl"
+        emulator = self.spawn("emulator", [str(bindir / "stationctl"), "emulate", "fingerprint", "--link", str(link),
+                                           "--control", str(self.sensor_control)])
         line = emulator.popen.stdout.readline().decode().strip()
         if not line:
             raise StationError(f"fingerprint emulator did not start:\n{emulator.log_tail()}")
         return line
+
+    def place_finger(self, applicant_seed: int, position: int, quality: str = "good") -> None:
+        """The applicant puts a finger on the glass (the emulator's control channel)."""
+        answer = send_command(self.sensor_control, f"finger {applicant_seed} {position} quality={quality}")
+        if not answer.startswith("ok"):
+            raise StationError(f"fingerprint emulator refused the finger: {answer}")
 
     def start_daemons(self) -> None:
         bindir = scripts_dir()
@@ -206,23 +216,53 @@ class Demo:
 
     # -- the officer's work -----------------------------------------------------------------
     def enroll(self, number: int) -> ApplicantResult:
+        """One applicant, as an officer would: portrait, then each finger of the policy.
+
+        Every second applicant first puts the wrong finger down (the right thumb again for
+        the right index) and the station must refuse it; every third has an amputated left
+        little finger (declared exception XX) and a worn left index that never reaches the
+        NFIQ 2 accept level (kept as force-captured after the policy's attempts).
+        """
         result = ApplicantResult(number, make_applicant(self.rng, number))
+        seed = self.rng.randrange(1 << 30)
+        amputated = {10} if number % 3 == 0 else set()
+        worn = {7} if number % 3 == 0 else set()
         with self.control() as control:
-            def step(name: str, cmd: str, args: dict, timeout_s: float = 60.0) -> dict:
+            def step(name: str, cmd: str, args: dict, timeout_s: float = 120.0) -> dict:
                 started = time.monotonic()
-                reply = control.call(cmd, args, timeout_s=timeout_s).result
-                result.timings_s[name] = round(time.monotonic() - started, 3)
-                return reply
+                try:
+                    return control.call(cmd, args, timeout_s=timeout_s).result
+                finally:
+                    result.timings_s[name] = round(time.monotonic() - started, 3)
 
             try:
                 started = time.monotonic()
                 reply = step("start", "session.start", {"applicant": result.applicant, "operator": "demo-officer"})
-                result.session = reply["session"]
-                result.portrait = step("portrait", "session.portrait", {"session": result.session})
+                result.session = session = reply["session"]
+                result.portrait = step("portrait", "session.portrait", {"session": session})
                 for position in reply["finger_positions"]:
-                    step(f"finger_{position}", "session.finger", {"session": result.session, "position": position})
+                    if position in amputated:
+                        step(f"finger_{position}", "session.exception",
+                             {"session": session, "position": position, "reason": "XX"})
+                        result.events.append(f"position {position}: declared amputated (XX)")
+                        continue
+                    if position == 2 and number % 2 == 0:
+                        self.place_finger(seed, 1)  # the thumb again, by mistake
+                        try:
+                            step("finger_2_wrong", "session.finger", {"session": session, "position": 2})
+                            raise StationError("the station accepted the same finger at two positions",
+                                               code="duplicate_not_refused")
+                        except StationError as exc:
+                            if exc.code != "duplicate_finger":
+                                raise
+                            result.events.append(f"position 2 refused: {exc.message}")
+                    self.place_finger(seed, position, "poor" if position in worn else "good")
+                    finger = step(f"finger_{position}", "session.finger", {"session": session, "position": position})
                     result.fingers += 1
-                done = step("finish", "session.finish", {"session": result.session})
+                    if finger["force_captured"]:
+                        result.events.append(f"position {position}: force-captured after {finger['attempts']} "
+                                             f"attempts (NFIQ 2 {finger['attempt_nfiq2']})")
+                done = step("finish", "session.finish", {"session": session})
                 result.record, result.files = done["record"], [str(Path(done["directory"]) / f) for f in done["files"]]
                 result.timings_s["total"] = round(time.monotonic() - started, 3)
             except StationError as exc:
@@ -268,6 +308,8 @@ class Demo:
         self.say(f"  applicant {r.number}/{self.applicants} {name}: portrait score {score}"
                  f"{' (forced)' if r.portrait.get('forced') else ''}, {r.fingers} fingers, "
                  f"record {r.record[:12]}… committed in {r.timings_s.get('total', 0):.1f} s")
+        for event in r.events:
+            self.say(f"      {event}")
 
     def verify(self, codes: dict[str, int | None]) -> list[str]:
         """Check, from the store itself, that every applicant's record is there and intact."""
@@ -296,7 +338,7 @@ class Demo:
             "exit_codes": codes,
             "results": [
                 {"applicant": r.number, "session": r.session, "record": r.record, "error": r.error,
-                 "portrait": r.portrait, "fingers": r.fingers, "timings_s": r.timings_s, "files": r.files}
+                 "portrait": r.portrait, "fingers": r.fingers, "events": r.events, "timings_s": r.timings_s, "files": r.files}
                 for r in self.results
             ],
         }

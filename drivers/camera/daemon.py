@@ -6,10 +6,15 @@ loses frames, never memory): a downscaled JPEG ``preview`` at the preview rate, 
 its quality report, and full-resolution ``frame`` messages when configured. Status and
 captures go on the event stream ``<name>.pub``.
 
+Every source's read returns within about a second even when the camera hangs (V4L2 select
+timeout, the stream source's poll), so reading in the main loop delays a command by at
+most that, and only while the camera is failing; a grab thread would buy nothing more.
+A read that fails reports ``offline`` at once and reopens with backoff (``BACKOFF_S``).
+
 Commands: ``capture {mode: icao|exception, timeout_s}`` -> token portrait (record JPEG and
 chip encoding as payloads) and its quality report, once every check held for N frames, or
-the best frame flagged ``forced`` at the timeout; ``frame`` -> one full-resolution bgr8
-frame; ``state``/``ping`` from the runtime.
+the best frame flagged ``forced`` at the timeout; ``frame`` -> the next full-resolution
+bgr8 frame; ``state``/``ping`` from the runtime.
 """
 from __future__ import annotations
 
@@ -32,7 +37,9 @@ from station.logs import Flapping
 from station.paths import Paths
 
 BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 5.0)
-LIVE_SOURCE_KEYS = ("exposure", "gain", "white_balance")
+# Source settings a running camera takes without being reopened; any other change of the
+# source section (device, path, kind, format) reopens it.
+LIVE_SOURCE_KEYS = ("exposure", "gain", "white_balance", "scene")
 
 
 @dataclass
@@ -52,9 +59,10 @@ class CameraDaemon(Daemon):
         self.reopen = Flapping(self.log)
         self._next_open = 0.0
         self._attempt = 0
-        self._last_preview = 0.0
-        self.last_frame = None
+        self._next_preview = 0.0
+        self.opens = 0
         self.pending: PendingCapture | None = None
+        self.frame_requests: list[Request] = []
         self.frames_read = 0
         self.accepted: dict[str, Any] = {}
         self.commands.register("capture", self._cmd_capture)
@@ -67,7 +75,8 @@ class CameraDaemon(Daemon):
 
     def _describe(self) -> str:
         source = self.config["source"]
-        return f"{source['kind']} camera {source.get('device') or ''}".strip()
+        where = source.get("path") if source["kind"] in ("video", "folder") else source.get("device")
+        return f"{source['kind']} camera {where or ''}".strip()
 
     def _open(self) -> None:
         try:
@@ -83,15 +92,26 @@ class CameraDaemon(Daemon):
             self.set_state("offline", exc.message)
             return
         self.source = source
+        self.opens += 1
         self._attempt = 0
         self.reopen.recovered(f"{self._describe()} opened")
         self.set_state("ready", self._describe())
 
     def _lost(self, error: DeviceError) -> None:
+        """The camera stopped giving frames: say so now, then reopen with backoff."""
         if self.source is not None:
             self.source.close()
             self.source = None
+        self._attempt = 0
         self._next_open = time.monotonic() + BACKOFF_S[0]
+        self.reopen.failed(f"{self._describe()} lost: {error.message}")
+        if self.pending is not None:
+            self.pending.request.fail(DeviceError(f"camera {self.name} went offline during the capture: "
+                                                  f"{error.message}"))
+            self.pending = None
+        for request in self.frame_requests:
+            request.fail(DeviceError(f"camera {self.name} went offline: {error.message}"))
+        self.frame_requests.clear()
         self.set_state("offline", error.message)
 
     def poll_timeout_ms(self) -> int:
@@ -113,7 +133,8 @@ class CameraDaemon(Daemon):
             self.set_state("offline", f"reopening {self._describe()}")
 
     def status_fields(self) -> dict[str, Any]:
-        return {"source": self._describe(), "accepted": self.accepted, "frames_read": self.frames_read}
+        return {"source": self._describe(), "accepted": self.accepted, "frames_read": self.frames_read,
+                "opens": self.opens}
 
     def shutdown(self) -> None:
         if self.source is not None:
@@ -131,17 +152,28 @@ class CameraDaemon(Daemon):
             self._lost(exc)
             return
         self.frames_read += 1
-        self.last_frame = frame
+        if self.frame_requests:
+            self._reply_frame(frame)
         report = self.analyzer.analyze(frame.image)
         publish_cfg = self.config["publish"]
         if publish_cfg["full_frames"]:
             self.frames.publish("frame", {**image_fields(frame.image, "bgr8"), "index": frame.index},
                                 [frame.image], t_acq_ns=frame.t_acq_ns)
-        if now - self._last_preview >= 1.0 / self.config["preview"]["fps"]:
-            self._last_preview = now
+        if self._preview_due(now):
             self._publish_preview(frame, report)
         if self.pending is not None:
             self._feed_capture(frame, report, now)
+
+    def _preview_due(self, now: float) -> bool:
+        """Keep the preview rate on schedule: a frame a little early for its slot takes it
+        (a 30 fps camera gives exactly 15 fps, not 10 from frames 1 ms short of 1/15 s)."""
+        period = 1.0 / self.config["preview"]["fps"]
+        if now < self._next_preview - 0.25 * period:
+            return False
+        self._next_preview += period
+        if self._next_preview < now:
+            self._next_preview = now + period     # fell behind: no burst to catch up
+        return True
 
     def _publish_preview(self, frame: Any, report: Any) -> None:
         preview = self.config["preview"]
@@ -198,7 +230,8 @@ class CameraDaemon(Daemon):
         token = token_portrait(decision.frame.image, eyes, self.config["token"])
         result = {
             "passed": chosen.passed, "score": chosen.score, "hint": chosen.hint, "forced": decision.forced,
-            "mode": pending.auto.mode, "quality": chosen.to_dict(), "token": token.geometry(),
+            "mode": pending.auto.mode, "streak": decision.streak, "elapsed_s": round(decision.elapsed_s, 3),
+            "quality": chosen.to_dict(), "token": token.geometry(),
             "images": ["portrait.jpg", f"portrait-chip.{token.chip_format}"],
         }
         self.events.publish("capture", {k: result[k] for k in ("passed", "score", "forced", "mode")},
@@ -206,11 +239,17 @@ class CameraDaemon(Daemon):
         pending.request.reply(result, [token.record_jpeg, token.chip_image])
 
     def _cmd_frame(self, request: Request) -> None:
-        frame = self.last_frame
-        if self.source is None or frame is None:
-            raise DeviceError(f"camera {self.name} has no frame ({self.detail})")
-        request.reply({**image_fields(frame.image, "bgr8"), "index": frame.index, "t_acq_ns": frame.t_acq_ns},
-                      [frame.image])
+        """Answered with the next frame read, so the picture is never older than the request."""
+        if self.source is None:
+            raise DeviceError(f"camera {self.name} is offline ({self.detail})")
+        self.frame_requests.append(request)
+        return None
+
+    def _reply_frame(self, frame: Any) -> None:
+        fields = {**image_fields(frame.image, "bgr8"), "index": frame.index, "t_acq_ns": frame.t_acq_ns}
+        for request in self.frame_requests:
+            request.reply(fields, [frame.image])
+        self.frame_requests.clear()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,4 +1,5 @@
-"""Where frames come from: a V4L2 camera, a recording, or the emulated scene.
+"""Where frames come from: a V4L2 camera, a recording, an MJPEG stream on a FIFO, or the
+emulated scene.
 
 One small interface, ``FrameSource`` (open / read / close / apply), so the daemon's loop,
 the benchmark and the tests never know which one they hold. Every failure to get a frame
@@ -7,7 +8,10 @@ with backoff; nothing here retries or sleeps on its own except to pace emulated 
 """
 from __future__ import annotations
 
+import math
 import os
+import select
+import stat
 import time
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
@@ -19,6 +23,7 @@ import numpy as np
 
 from station.errors import ConfigError, DeviceError
 
+from .mjpeg import MAX_IMAGE_BYTES, MjpegSplitter
 from .scene import Scene, SceneParams
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -206,7 +211,7 @@ class VideoSource(FrameSource):
                 raise DeviceError(f"{path}: not a video OpenCV can read")
             self._cap = cap
         else:
-            raise DeviceError(f"{path}: no such video file or image folder")
+            raise DeviceError(f"{path}: no such video file, image folder or stream FIFO")
         self._index = self._position = 0
         self._pacer.restart()
 
@@ -250,6 +255,111 @@ class VideoSource(FrameSource):
         if "fps" in settings:
             self._pacer.set_fps(settings["fps"])
         return {"fps": self._pacer.fps}
+
+
+class StreamSource(FrameSource):
+    """A Motion-JPEG byte stream on a FIFO: ``stationctl emulate camera``, or any tool that
+    pipes a camera's MJPG output (``ffmpeg -f v4l2 -input_format mjpeg ... -c copy -f mjpeg``).
+
+    Read here rather than through OpenCV's FFmpeg backend because the FIFO must never
+    block the daemon: FFmpeg opens it blocking (which waits forever for a writer) and reads
+    it blocking (forever, if the writer stalls). This opens the read end non-blocking and
+    waits with poll(), so every call returns within ``read_timeout_s``: a FIFO with no
+    writer, a writer that stopped sending, and a writer that went away (EOF) are each a
+    ``DeviceError``. The newest complete image is delivered and older ones dropped, as a
+    camera's driver does for a slow reader.
+    """
+
+    def __init__(self, path: str, read_timeout_s: float = 1.0, max_image_bytes: int = MAX_IMAGE_BYTES):
+        self.device = str(path)
+        self.read_timeout_s = read_timeout_s
+        self.max_image_bytes = max_image_bytes
+        self.dropped = 0            # complete images superseded before they were read
+        self.undecodable = 0        # images OpenCV could not decode
+        self._fd: int | None = None
+        self._poll = select.poll()
+        self._splitter = MjpegSplitter(max_image_bytes)
+        self._index = 0
+        self._size: tuple[int, int] | None = None
+        self._first: np.ndarray | None = None
+
+    def open(self) -> None:
+        self.close()
+        try:
+            if not stat.S_ISFIFO(os.stat(self.device).st_mode):
+                raise DeviceError(f"{self.device}: not a FIFO; a video file is read by the video source")
+            self._fd = os.open(self.device, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise DeviceError(f"{self.device}: no such stream; is the camera emulator running?") from None
+        except OSError as exc:
+            raise DeviceError(f"{self.device}: cannot open the stream: {exc.strerror}") from None
+        self._poll = select.poll()
+        self._poll.register(self._fd, select.POLLIN)
+        self._splitter = MjpegSplitter(self.max_image_bytes)
+        self._index = 0
+        try:
+            # Until a writer has connected, poll() reports nothing and read() would return
+            # b"" exactly as at EOF: so the first frame is awaited here, not in read().
+            self._first = self._next_image(f"{self.device}: no frame within {self.read_timeout_s:g} s of "
+                                           "opening (no writer on the FIFO, or it stalled)")
+        except DeviceError:
+            self.close()
+            raise
+
+    def read(self) -> Frame:
+        if self._fd is None:
+            raise DeviceError(f"{self.device}: stream is not open")
+        image, self._first = self._first, None
+        if image is None:
+            image = self._next_image(f"{self.device}: no frame for {self.read_timeout_s:g} s (writer stalled)")
+        frame = Frame(image, time.monotonic_ns(), self._index)
+        self._index += 1
+        return frame
+
+    def _next_image(self, timeout_message: str) -> np.ndarray:
+        deadline = time.monotonic() + self.read_timeout_s
+        while True:
+            # poll() before every read: a FIFO that never had a writer reads as b"" (like EOF)
+            # but never polls readable, so waiting this way tells "no writer yet" from "gone".
+            remaining_ms = (deadline - time.monotonic()) * 1000
+            if remaining_ms <= 0 or not self._poll.poll(max(1, math.ceil(remaining_ms))):
+                raise DeviceError(timeout_message)
+            jpegs = self._drain()
+            for jpeg in reversed(jpegs):
+                image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+                if image is not None:
+                    self.dropped += len(jpegs) - 1
+                    self._size = (image.shape[1], image.shape[0])
+                    return image
+                self.undecodable += 1
+
+    def _drain(self) -> list[bytes]:
+        """Everything the pipe holds now, split into images; EOF is a DeviceError."""
+        jpegs: list[bytes] = []
+        while True:
+            try:
+                data = os.read(self._fd, 1 << 20)
+            except BlockingIOError:
+                return jpegs
+            except OSError as exc:
+                raise DeviceError(f"{self.device}: read failed: {exc.strerror}") from None
+            if not data:
+                if jpegs:
+                    return jpegs    # deliver the last frames; EOF shows on the next read
+                raise DeviceError(f"{self.device}: the stream ended (camera unplugged or emulator stopped)")
+            jpegs += self._splitter.feed(data)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        self._first = None
+
+    def apply(self, settings: dict) -> dict:
+        """Nothing can be set on a stream from the reading side; report what it carries."""
+        if self._size is None:
+            return {}
+        return {"width": self._size[0], "height": self._size[1]}
 
 
 class EmulatedSource(FrameSource):
@@ -350,8 +460,19 @@ def make_source(cfg: dict) -> FrameSource:
     if kind in ("video", "folder"):
         if not cfg.get("path"):
             raise ConfigError([f"source.path: required for a {kind} source"])
+        if kind == "video" and _is_fifo(cfg["path"]):
+            return StreamSource(cfg["path"])
         return VideoSource(cfg["path"], loop=cfg.get("loop", True), fps=cfg.get("fps", 0.0))
     raise ConfigError([f"source.kind: {kind!r} is not one of emulated, v4l2, video, folder"])
+
+
+def _is_fifo(path: str) -> bool:
+    """A video path that is a FIFO carries a live MJPEG stream (decided at each open: the
+    FIFO may appear only once its writer starts)."""
+    try:
+        return stat.S_ISFIFO(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 def open_source(cfg: dict) -> FrameSource:

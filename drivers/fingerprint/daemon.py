@@ -5,18 +5,30 @@ image upload); the main loop owns the sockets, publishes status and progress, an
 commands. When the port disappears the daemon says ``offline`` at once and keeps trying to
 reopen and re-identify the sensor with a doubling back-off.
 
-Commands: ``capture {position}`` -> gray8 image (256 x 288) as payload; ``cancel``;
-``state``/``ping`` from the runtime.
+An idle scanner is probed with GetEcho every ``PROBE_INTERVAL_S`` so that an unplugged
+sensor is reported ``offline`` within 2 s even when nobody captures.
+
+Commands:
+- ``capture {position}`` -> ``{position, nfiq2, minutiae, quality_feedback, width, height,
+  encoding: gray8, step, resolution_ppi, capture_s, template_format}`` with payload 0 the
+  gray8 image (256 x 288) and payload 1 its ISO/IEC 19794-2:2005 minutiae template; an
+  image without a print is the error ``no_fingerprint`` (retryable);
+- ``cancel``; ``state``/``ping`` from the runtime.
+
+The ``capture`` event carries only ``position``, ``nfiq2`` and ``minutiae``: images and
+templates are biometric data and go to the requester alone.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import threading
 import time
 from typing import Any, Sequence
 
 import numpy as np
 
+from drivers.fingerprint.biometrics import FingerQuality, assess
 from drivers.fingerprint.device import Scanner
 from drivers.fingerprint.protocol import SensorError
 from station.bus import Request
@@ -28,6 +40,9 @@ from station.paths import Paths
 from station.worker import Worker
 
 BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 5.0)
+PROBE_INTERVAL_S = 1.0  # GetEcho on an idle scanner: an unplug shows within 2 s
+PROBE_RETRIES = 1  # a silent sensor shows within 1 + 5 x command_timeout_s; one lost reply does not
+TEMPLATE_FORMAT = "ISO/IEC 19794-2:2005"
 
 
 class CaptureCancelled(StationError):
@@ -49,6 +64,8 @@ class FingerprintDaemon(Daemon):
         self._next_open = 0.0
         self._attempt = 0
         self._opening = False
+        self._probing = False
+        self._last_probe = 0.0
         self._cancel = threading.Event()
         self.system_parameters: dict[str, Any] = {}
         self.captures = 0
@@ -69,6 +86,21 @@ class FingerprintDaemon(Daemon):
         if self.scanner is None and not self._opening and now >= self._next_open:
             self._opening = True
             self.worker.submit(self._open_job, self._opened)
+        elif (self.scanner is not None and self.state == "ready" and not self._probing
+              and self.worker.idle and now - self._last_probe >= PROBE_INTERVAL_S):
+            self._probing = True
+            self._last_probe = now
+            self.worker.submit(functools.partial(self.scanner.echo, retries=PROBE_RETRIES),
+                               functools.partial(self._probed, self.scanner))
+
+    def _probed(self, scanner: Scanner, result: Any, error: BaseException | None) -> None:
+        self._probing = False
+        if error is None or scanner is not self.scanner:
+            return
+        if isinstance(error, StationError) and not isinstance(error, SensorError):
+            self._lost(error)  # the port went away or the sensor stopped answering
+        else:
+            self.log.warning("GetEcho probe of %s failed: %s", self.config["port"], error)
 
     def _open_job(self) -> tuple[Scanner, dict]:
         scanner = self._make_scanner()
@@ -85,6 +117,7 @@ class FingerprintDaemon(Daemon):
             self.set_state("offline", f"{self.config['port']}: {error}")
             return
         self.scanner, params = result
+        self._last_probe = time.monotonic()
         self.system_parameters = dataclasses.asdict(params)
         self._attempt = 0
         self.reopen.recovered(f"scanner on {self.config['port']} identified")
@@ -146,7 +179,7 @@ class FingerprintDaemon(Daemon):
             self.worker.post(lambda: self.events.publish(
                 "progress", {"position": position, "received": received, "total": total}))
 
-        def job() -> tuple[np.ndarray, float]:
+        def job() -> tuple[np.ndarray, FingerQuality, float]:
             started = time.monotonic()
             self.worker.post(lambda: self.events.publish("place_finger", {"position": position}))
             if not scanner.wait_finger(wait_s, cancel=self._cancel.is_set):
@@ -155,7 +188,7 @@ class FingerprintDaemon(Daemon):
                 raise StationError(f"no finger on the scanner within {wait_s:.0f} s", code="no_finger",
                                    retryable=True)
             image = scanner.upload_image(progress=progress)
-            return image, time.monotonic() - started
+            return image, assess(image), time.monotonic() - started
 
         def done(result: Any, error: BaseException | None) -> None:
             if error is not None:
@@ -166,14 +199,17 @@ class FingerprintDaemon(Daemon):
                 request.fail(error if isinstance(error, StationError) else
                              StationError(f"capture failed: {error}", code="internal"))
                 return
-            image, seconds = result
+            image, quality, seconds = result
             self.captures += 1
+            self._last_probe = time.monotonic()
             self.set_state("ready", f"scanner on {self.config['port']}")
-            fields = {"position": position, **image_fields(image, "gray8"), "resolution_ppi": 500,
-                      "capture_s": round(seconds, 3)}
-            self.events.publish("capture", {k: v for k, v in fields.items()
-                                            if k not in ("width", "height", "encoding", "step")})
-            request.reply(fields, [image.tobytes()])
+            self.events.publish("capture", {"position": position, "nfiq2": quality.nfiq2,
+                                            "minutiae": quality.minutiae})
+            fields = {"position": position, "nfiq2": quality.nfiq2, "minutiae": quality.minutiae,
+                      "quality_feedback": list(quality.feedback), **image_fields(image, "gray8"),
+                      "resolution_ppi": 500, "capture_s": round(seconds, 3),
+                      "template_format": TEMPLATE_FORMAT}
+            request.reply(fields, [image.tobytes(), quality.template])
 
         self.worker.submit(job, done)
 

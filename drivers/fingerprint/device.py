@@ -155,12 +155,14 @@ class Scanner:
         """Send a command and return its OK ack; SensorError for any other confirmation."""
         return self.transact(instruction, **params).raise_for_confirmation(instruction, self.port)
 
-    def transact(self, instruction: Instruction, **params: int) -> fp.Ack:
+    def transact(self, instruction: Instruction, *, retries: int | None = None, **params: int) -> fp.Ack:
         """Send a command and return its ack whatever its confirmation code, retrying only
-        when the reply timed out or arrived corrupt."""
+        when the reply timed out or arrived corrupt (``retries`` times, default the
+        scanner's)."""
+        retries = self.retries if retries is None else retries
         payload = fp.encode_command(instruction, **params)
         last: Exception | None = None
-        for attempt in range(self.retries + 1):
+        for attempt in range(retries + 1):
             timeout_s = self._attempt_timeout(attempt)
             try:
                 if attempt:
@@ -176,20 +178,24 @@ class Scanner:
             except (_Timeout, ProtocolError) as exc:
                 last = exc
         raise ProtocolError(
-            f"{self.port}: no valid reply to {instruction.name} after {self.retries + 1} attempts "
-            f"(up to {self.total_command_budget_s:.1f} s): {last}",
+            f"{self.port}: no valid reply to {instruction.name} after {retries + 1} attempts "
+            f"(up to {self.command_budget_s(retries):.1f} s): {last}",
         )
 
     @property
     def total_command_budget_s(self) -> float:
         """The longest a command can take: each attempt after the first is preceded by a
         resynchronisation with the same timeout."""
-        return self.command_timeout_s * (2 * (2 ** (self.retries + 1) - 1) - 1)
+        return self.command_budget_s(self.retries)
 
-    def echo(self) -> float:
-        """Liveness: GetEcho round trip in seconds; raises when the sensor does not answer."""
+    def command_budget_s(self, retries: int) -> float:
+        return self.command_timeout_s * (2 * (2 ** (retries + 1) - 1) - 1)
+
+    def echo(self, retries: int | None = None) -> float:
+        """Liveness: GetEcho round trip in seconds; raises when the sensor does not answer.
+        A liveness probe passes few ``retries`` so that a silent sensor shows in seconds."""
         started = time.monotonic()
-        ack = self.transact(Instruction.GET_ECHO)
+        ack = self.transact(Instruction.GET_ECHO, retries=retries)
         if ack.confirmation != fp.MODULE_OK:
             raise DeviceError(f"{self.port}: GetEcho answered 0x{ack.confirmation:02X}, not 0x55")
         return time.monotonic() - started

@@ -23,6 +23,10 @@ separated ``key=value``; probabilities apply to each outgoing packet independent
 e.g. ``noise=0.01,drop=0.001,badsum=0.02,slow=0.5,nofinger=2.0,unplug=30``. At run time the
 same faults are set with ``set_faults()``, ``no_finger()`` and ``unplug()``.
 
+At run time from outside the process, ``--control PATH`` opens a Unix datagram socket
+taking text commands (``finger <applicant_seed> <position> [quality=good|poor]``,
+``nofinger <seconds>``, ``faults <spec>``, ``unplug <seconds>``); see emulator_control.py.
+
 Unsupported or malformed commands get an ack with a confirmation code (0xFC unsupported
 command, 0x01 packet receive error), as a sensor would, never silence.
 """
@@ -588,6 +592,10 @@ class SensorEmulator:
         stopped reading, and abandon the reply when the port is unplugged or we stop."""
         view = memoryview(data)
         stalled_since: float | None = None
+        # A reply goes out back to back, as from a UART: the line clock starts when the line
+        # is idle and then only advances by line time, so a late wake-up from one sleep is
+        # made up by the next instead of adding up over a 40 kB upload.
+        self._line_clock = max(self._line_clock, time.monotonic())
         while view:
             if self._unplug_request is not None or self._stopping.is_set():
                 raise _Unplugged()
@@ -595,7 +603,7 @@ class SensorEmulator:
             if self.pace:
                 # A byte is on the host's side only once its last bit has crossed the line.
                 now = time.monotonic()
-                self._line_clock = max(self._line_clock, now) + len(chunk) * 10 / self.parameters.baud
+                self._line_clock += len(chunk) * 10 / self.parameters.baud
                 delay = self._line_clock - now
                 if delay > 0:
                     time.sleep(delay)
@@ -627,6 +635,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--link", type=Path, default=None, help="maintain a symlink here to the current pty")
     parser.add_argument("--applicant-seed", type=int, default=0, help="whose finger is on the sensor")
     parser.add_argument("--finger-position", type=int, default=2, help="ANSI/NIST finger position 1..10")
+    parser.add_argument("--quality", default="good", choices=("good", "poor"),
+                        help="how the finger is placed: poor gives NFIQ 2 under 40")
+    parser.add_argument("--control", type=Path, default=None,
+                        help="Unix datagram socket taking commands: finger <seed> <position> "
+                             "[quality=good|poor], nofinger <s>, faults <spec>, unplug <s>")
     parser.add_argument("--packet-size", type=int, default=128, choices=fp.PACKET_SIZES)
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
@@ -637,6 +650,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
 
+    from drivers.fingerprint.emulator_control import ControlChannel
     from drivers.fingerprint.prints import SyntheticFinger
     from station import logs
 
@@ -645,22 +659,33 @@ def main(argv: list[str] | None = None) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     emulator = SensorEmulator(
-        prints=SyntheticFinger(args.applicant_seed, args.finger_position),
+        prints=SyntheticFinger(args.applicant_seed, args.finger_position, args.quality),
         baud=args.baud,
         faults=faults,
         link=args.link,
         packet_size=args.packet_size,
     )
     path = emulator.start()
+    try:
+        control = ControlChannel(emulator, args.control).start() if args.control else None
+    except OSError as exc:
+        emulator.stop()
+        parser.error(f"--control {args.control}: cannot bind the control socket: {exc}")
     print(path, flush=True)
     try:
         while not stop.wait(0.5):
             pass
     finally:
+        if control is not None:
+            control.stop()
         emulator.stop()
         log.info("stopped: %s", emulator.stats)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the imported module's main, not this __main__ copy: the control channel and the
+    # prints must see the same Faults and SensorEmulator classes as everything else.
+    from drivers.fingerprint.emulator import main as _main
+
+    sys.exit(_main())
