@@ -92,7 +92,7 @@ class Controller(Daemon):
             offline_after_s=self.config["offline_after_s"],
         )
         self.add_reader(self.driver_events.socket, self._on_driver_events)
-        self._pending_resync: set[str] = set(self.drivers)
+        self._resync_at: dict[str, float] = {}  # driver -> when to ask its snapshot
         self._snapshot_client = {n: CommandClient(self.ctx, paths.cmd(n), name=n) for n in self.drivers}
         self.worker = Worker("controller-io")
         for cmd, handler in {
@@ -112,7 +112,7 @@ class Controller(Daemon):
         self.set_state("ready", f"{sum(counts.values())} records in store")
 
     def _resync(self, src: str, *_: Any) -> None:
-        self._pending_resync.add(src)
+        self._resync_at.setdefault(src, 0.0)
 
     def _on_driver_events(self) -> None:
         while self.driver_events.socket.poll(0):
@@ -126,6 +126,7 @@ class Controller(Daemon):
             return
         if not link.online:
             link.online = True
+            self._resync(msg.src)  # joined late or came back: adopt its snapshot
             self.events.publish("driver.online", {"driver": link.name, "kind": link.kind}, name="drivers")
         if msg.event in ("status", "heartbeat"):
             link.state = msg.get("state", link.state)
@@ -138,16 +139,18 @@ class Controller(Daemon):
                 link.online = False
                 log.warning("driver %s is silent for more than %.0f s: offline", src, self.driver_events.offline_after_s)
                 self.events.publish("driver.offline", {"driver": src, "kind": link.kind}, name="drivers")
-        for src in list(self._pending_resync):
-            self._snapshot(src)
+        for src, when in list(self._resync_at.items()):
+            if now >= when:
+                self._snapshot(src, now)
 
-    def _snapshot(self, src: str) -> None:
+    def _snapshot(self, src: str, now: float) -> None:
         """Late-joiner resync: we are subscribed already; adopt the driver's own counters."""
         try:
             snap = self._snapshot_client[src].call("state", timeout_s=0.2).result
         except StationError:
-            return  # not up yet; tried again next tick
-        self._pending_resync.discard(src)
+            self._resync_at[src] = now + 1.0  # busy or restarting: ask again in a second
+            return
+        del self._resync_at[src]
         self.driver_events.apply_snapshot(src, snap["boot"], snap["seq"])
         link = self.drivers[src]
         link.state, link.boot = snap["state"], snap["boot"]
