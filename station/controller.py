@@ -127,7 +127,7 @@ class Controller(Daemon):
         if not link.online:
             link.online = True
             self._resync(msg.src)  # joined late or came back: adopt its snapshot
-            self.events.publish("driver.online", {"driver": link.name, "kind": link.kind}, name="drivers")
+            self.events.publish("online", {"driver": link.name, "kind": link.kind}, name="drivers")
         if msg.event in ("status", "heartbeat"):
             link.state = msg.get("state", link.state)
 
@@ -138,7 +138,7 @@ class Controller(Daemon):
             if link and link.online:
                 link.online = False
                 log.warning("driver %s is silent for more than %.0f s: offline", src, self.driver_events.offline_after_s)
-                self.events.publish("driver.offline", {"driver": src, "kind": link.kind}, name="drivers")
+                self.events.publish("offline", {"driver": src, "kind": link.kind}, name="drivers")
         for src, when in list(self._resync_at.items()):
             if now >= when:
                 self._snapshot(src, now)
