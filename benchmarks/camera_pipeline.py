@@ -19,12 +19,13 @@ this process may use; ``cv2.setNumThreads(1)``):
   daemon's cascade and parameters. The baseline detects faces exactly as the daemon does
   (not on the full frame, which would be ~2.5x slower and flatter the ratio); what the
   ratio prices is everything else the daemon does per frame.
-- ``daemon_fps``: a real ``station-camerad`` process (``source.kind: video`` on the FIFO,
-  ``preview.fps: 60``, the maximum) reading, analysing, running the capture logic and
-  publishing JPEG previews with their quality reports over ipc. A subscriber here counts
-  the previews; the daemon rate is frames through the daemon per second, from the frame
-  ``index`` and ``t_acq_ns`` the preview headers carry (frames between previews were
-  analysed too; at rates above 60 fps not every frame gets a preview, by design).
+- ``daemon_fps``: a real ``station-camerad`` process with the packaged configuration
+  except ``source`` (``kind: video`` on the FIFO): reading, analysing every frame, and
+  publishing JPEG previews with their quality reports over ipc at the configured preview
+  rate (15 fps), exactly the work it does on a station. A subscriber here receives the
+  previews; the daemon rate is frames through the daemon per second, from the frame
+  ``index`` and ``t_acq_ns`` the preview headers carry (every frame is analysed; the
+  frames between two previews are the ones the preview rate skips).
 
 ``daemon_ratio = daemon_fps / baseline_fps``; goals: ``analysis_fps`` >= 30 and
 ``daemon_ratio`` >= 0.8. Prints one JSON object on stdout; progress on stderr.
@@ -188,7 +189,7 @@ def measure_daemon(fifo: str, seconds: float, cpu: int, top: Path) -> dict:
     for directory in (paths.etc, paths.state, paths.run):
         directory.mkdir(exist_ok=True)
     (paths.etc / "camera@bench.yaml").write_text(yaml.safe_dump(
-        {"source": {"kind": "video", "path": fifo}, "preview": {"fps": 60}}))
+        {"source": {"kind": "video", "path": fifo}}))
     env = dict(os.environ, STATION_ETC=str(paths.etc), STATION_STATE=str(paths.state), STATION_RUN=str(paths.run))
     ctx = zmq.Context()
     previews = Subscriber(ctx, [paths.frames("bench")], topics=["camera.bench.preview"], hwm=FRAME_HWM)

@@ -47,6 +47,10 @@ class Face:
 
 
 class FaceDetector(Protocol):
+    # Whether ``detect`` needs the colour frame; when not, the analyzer hands it the grey
+    # copy it makes anyway (a 1280x720 conversion saved on every frame).
+    needs_colour: bool
+
     def detect(self, image: np.ndarray) -> list[Face]:
         """Faces in a BGR or grey image, largest first."""
 
@@ -74,6 +78,8 @@ class HaarDetector:
     measured from these two points. Faces rolled beyond the cascade's tolerance are looked
     for again on copies rotated by ``roll_search_deg`` when nothing upright is found.
     """
+
+    needs_colour = False
 
     def __init__(self, detect_width: int = 256, scale_factor: float = 1.1, min_neighbors: int = 4,
                  min_face_fraction: float = 0.12, eye_search_width: int = 100,
@@ -140,7 +146,7 @@ class HaarDetector:
         band = patch[top:bottom]
         side = max(20, round(0.18 * pw))
         hits = self._eyes.detectMultiScale(band, scaleFactor=1.15, minNeighbors=3, minSize=(side, side),
-                                           maxSize=(round(0.4 * pw), round(0.4 * pw)))
+                                           maxSize=(round(0.32 * pw), round(0.32 * pw)))
         expected = {"left": (0.30 * pw, 0.37 * ph - top), "right": (0.70 * pw, 0.37 * ph - top)}
         chosen = {}
         for ex, ey, ew, eh in hits:
@@ -183,6 +189,8 @@ def _iris_centre(band: np.ndarray, eye_box: tuple[int, int, int, int]) -> Point:
 
 class YuNetDetector:
     """``cv2.FaceDetectorYN`` with a site-provided ONNX model; five landmarks per face."""
+
+    needs_colour = True
 
     def __init__(self, model: str, score_threshold: float = 0.8, nms_threshold: float = 0.3,
                  detect_width: int = 320):

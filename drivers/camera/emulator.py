@@ -13,10 +13,12 @@ SIGTERM or SIGINT and exits 0.
 Faults and scene changes at run time, for tests and the field engineer's bench:
 
 - ``SIGUSR1`` toggles unplug / replug (``kill -USR1 PID`` from a shell);
-- ``--control PATH`` binds a Unix datagram socket; each datagram is one command, answered
-  (when the sender bound an address, as ``control()`` does) with ``ok ...`` or ``error: ...``:
+- ``--control PATH`` binds a Unix datagram socket, as the fingerprint emulator's does; each
+  datagram is one command, answered (when the sender bound an address, as
+  ``send_command()`` does) with ``ok <state>`` or ``error <why>; usage: ...``:
 
-      unplug          close the stream and remove the FIFO: the device node disappears
+      unplug [S]      close the stream and remove the FIFO: the device node disappears;
+                      with S seconds, plug back in after that long
       replug          create the FIFO again and wait for a reader
       stall           keep the stream open but send nothing (a camera that hangs)
       resume          send frames again
@@ -35,7 +37,6 @@ import secrets
 import select
 import signal
 import socket
-import stat
 import sys
 import tempfile
 import time
@@ -55,6 +56,7 @@ _POLL_S = 0.05          # longest the loop waits before looking at signals and t
 _WRITE_STALL_S = 2.0    # a reader that takes nothing for this long has hung; drop it
 
 UNPLUGGED, WAITING, STREAMING, STALLED = "unplugged", "waiting", "streaming", "stalled"
+USAGE = "unplug [seconds] | replug | stall | resume | scene KEY=VALUE... | fps N | status"
 
 
 def parse_assignments(items: list[str]) -> dict[str, Any]:
@@ -91,22 +93,26 @@ class CameraEmulator:
         self._next_due = 0.0
         self._stop = False
         self._toggle = False
+        self._replug_at: float | None = None
         self.control_path = Path(control) if control else None
         self._control: socket.socket | None = None
 
     # -- plug state -------------------------------------------------------------------------
     def plug(self) -> None:
+        self._replug_at = None
         if self.state != UNPLUGGED:
             return
         try:
             os.mkfifo(self.path, 0o660)
         except FileExistsError:
-            if not stat.S_ISFIFO(os.stat(self.path).st_mode):
-                raise ConfigError([f"{self.path}: exists and is not a FIFO; choose another --link path"]) from None
+            # Two writers on one FIFO would interleave their frames into garbage.
+            raise ConfigError([f"{self.path}: already exists (another emulator writing to it, or left by one "
+                               "that was killed); remove it or choose another --link path"]) from None
         self.state = WAITING
         log.info("plugged in: %s", self.path)
 
-    def unplug(self) -> None:
+    def unplug(self, replug_after_s: float | None = None) -> None:
+        self._replug_at = None if replug_after_s is None else time.monotonic() + replug_after_s
         self._disconnect()
         if self.state == UNPLUGGED:
             return
@@ -188,6 +194,8 @@ class CameraEmulator:
         if self._toggle:
             self._toggle = False
             self.plug() if self.state == UNPLUGGED else self.unplug()
+        if self._replug_at is not None and time.monotonic() >= self._replug_at:
+            self.plug()
         while self._control is not None:
             try:
                 data, sender = self._control.recvfrom(4096)
@@ -201,14 +209,17 @@ class CameraEmulator:
                     log.debug("control reply to %r lost: %s", sender, exc)
 
     def command(self, line: str) -> str:
-        """Run one control command; the reply is ``ok ...`` or ``error: ...``, never silence."""
+        """Run one control command; the reply is ``ok ...`` or ``error ...``, never silence."""
         words = line.split()
         if not words:
-            return "error: empty command (unplug, replug, stall, resume, scene K=V..., fps N, status)"
-        name, args = words[0], words[1:]
+            return f"error empty command; usage: {USAGE}"
+        name, args = words[0].lower(), words[1:]
         try:
-            if name == "unplug":
-                self.unplug()
+            if name == "unplug" and len(args) <= 1:
+                seconds = float(args[0]) if args else None
+                if seconds is not None and not 0 <= seconds < 86400:
+                    raise ValueError(f"seconds must be within 0..86400, not {args[0]}")
+                self.unplug(seconds)
             elif name == "replug":
                 self.plug()
             elif name == "stall":
@@ -222,12 +233,11 @@ class CameraEmulator:
             elif name == "status":
                 return "ok " + json.dumps(self.status())
             else:
-                return f"error: unknown command {line.strip()!r} (unplug, replug, stall, resume, scene K=V..., " \
-                       "fps N, status)"
+                return f"error unknown command {line.strip()!r}; usage: {USAGE}"
         except ConfigError as exc:
-            return "error: " + "; ".join(exc.problems)
+            return "error " + "; ".join(exc.problems)
         except ValueError as exc:
-            return f"error: {exc}"
+            return f"error {exc}; usage: {USAGE}"
         return f"ok {self.state}"
 
     def _wait(self, timeout_s: float, writable: int | None = None) -> bool:
@@ -307,14 +317,18 @@ class CameraEmulator:
         self.state = WAITING
 
 
-def control(path: str | os.PathLike, command: str, timeout_s: float = 2.0) -> str:
+def send_command(path: str | os.PathLike, line: str, timeout_s: float = 2.0) -> str:
     """Send one control command to a running emulator and return its reply line."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     try:
         sock.bind(f"\0camera-emulator-client-{secrets.token_hex(6)}")   # abstract: no file to clean up
         sock.settimeout(timeout_s)
-        sock.sendto(command.encode(), str(path))
-        return sock.recv(65536).decode()
+        sock.sendto(line.encode(), str(path))
+        try:
+            return sock.recv(65536).decode()
+        except socket.timeout:
+            raise TimeoutError(f"no reply from the camera emulator's control socket {path} within "
+                               f"{timeout_s:g} s") from None
     finally:
         sock.close()
 

@@ -172,7 +172,7 @@ class FaceAnalyzer:
 
     def analyze(self, image: np.ndarray) -> QualityReport:
         grey = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
-        faces = self.detector.detect(image)
+        faces = self.detector.detect(image if getattr(self.detector, "needs_colour", True) else grey)
         if not faces:
             return self._verdict({"face_count": Check(0, False, side="none", grade=0.0)}, None, 0)
         face = faces[0]

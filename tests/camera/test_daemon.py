@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
-from drivers.camera.emulator import control
+from drivers.camera.emulator import send_command
 from station.bus import FRAME_HWM, CommandClient, Subscriber
 from station.errors import CommandError
 from station.paths import Paths
@@ -114,7 +114,7 @@ class Emulator:
         assert self.path == str(rundir / f"{name}.mjpeg")
 
     def control(self, command: str) -> str:
-        reply = control(self.control_path, command)
+        reply = send_command(self.control_path, command)
         assert reply.startswith("ok"), reply
         return reply
 
@@ -183,6 +183,8 @@ def test_capture_command_returns_token_portrait_after_n_good_frames(camerad):
     assert record.shape == (640, 480, 3)              # ISO token: height = width * 4/3
     assert bytes(reply.payloads[0][6:10]) == b"JFIF"
     assert 0 < len(reply.payloads[1]) <= 18000
+    suffix = {"jpeg2000": "jp2", "jpeg": "jpg"}[result["token"]["chip_format"]]
+    assert result["images"] == ["portrait.jpg", f"portrait-chip.{suffix}"]
     captured = daemon.wait_event("capture", 2)
     assert captured.get("passed") is True and captured.get("forced") is False
 

@@ -132,13 +132,16 @@ def test_emulator_control_commands_and_plug_state(tmp_path):
     assert emulator.command("resume") == "ok waiting"
     assert emulator.command("scene faces=0 roll_deg=15").startswith("ok {")
     assert emulator.source.params.faces == 0 and emulator.source.params.roll_deg == 15
-    assert emulator.command("scene faces=3").startswith("error: source.scene")
-    assert emulator.command("scene tilt=3") == "error: source.scene.tilt: not a scene parameter"
+    assert emulator.command("scene faces=3").startswith("error source.scene")
+    assert emulator.command("scene tilt=3") == "error source.scene.tilt: not a scene parameter"
     assert emulator.command("fps 12.5") == "ok waiting" and emulator.fps == 12.5
-    assert emulator.command("fps -1") == "error: fps must be >= 0"
-    assert emulator.command("dance").startswith("error: unknown command 'dance'")
+    assert emulator.command("fps -1").startswith("error fps must be >= 0; usage: unplug")
+    assert emulator.command("dance").startswith("error unknown command 'dance'")
     assert emulator.command("unplug") == "ok unplugged" and not path.exists() and emulator.state == UNPLUGGED
     assert emulator.command("replug") == "ok waiting" and path.is_fifo()
+    assert emulator.command("unplug 0") == "ok unplugged" and not path.exists()
+    emulator._service()           # the loop's next turn plugs it back in
+    assert emulator.state == WAITING and path.is_fifo()
     emulator.close()
     assert not path.exists()
     assert parse_assignments(["x=0.4", "background=cluttered"]) == {"x": 0.4, "background": "cluttered"}
