@@ -180,11 +180,25 @@ def _iris_centre(band: np.ndarray, eye_box: tuple[int, int, int, int]) -> Point:
     x0, x1 = ex + ew // 8, ex + ew - ew // 8
     roi = cv2.GaussianBlur(band[y0:y1, x0:x1].astype(np.float32), (0, 0), max(1.0, ew / 12))
     # Weight the darkest tenth of the pixels by how dark they are; their centroid is the iris.
-    cutoff = np.percentile(roi, 10)
+    cutoff = _tenth_percentile(roi)
     weight = np.clip(cutoff - roi, 0, None) + 1e-3 * (roi <= cutoff)
-    ys, xs = np.indices(roi.shape)
-    total = weight.sum()
-    return x0 + float((weight * xs).sum() / total), y0 + float((weight * ys).sum() / total)
+    # The centroid from row and column sums: two short dot products, no coordinate grids.
+    total = float(weight.sum(dtype=np.float64))
+    cx = float(weight.sum(axis=0, dtype=np.float64) @ np.arange(roi.shape[1], dtype=np.float64))
+    cy = float(weight.sum(axis=1, dtype=np.float64) @ np.arange(roi.shape[0], dtype=np.float64))
+    return x0 + cx / total, y0 + cy / total
+
+
+def _tenth_percentile(values: np.ndarray) -> float:
+    """``np.percentile(values, 10)`` (linear interpolation) by partial sort: the eye box is
+    a few hundred pixels, where percentile's general machinery costs more than the sort."""
+    flat = values.ravel()
+    position = 0.1 * (flat.size - 1)
+    lo = int(position)
+    hi = min(lo + 1, flat.size - 1)
+    part = np.partition(flat, (lo, hi))
+    a, b = float(part[lo]), float(part[hi])
+    return a + (b - a) * (position - lo)
 
 
 class YuNetDetector:

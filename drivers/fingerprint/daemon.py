@@ -30,7 +30,8 @@ import numpy as np
 
 from drivers.fingerprint.biometrics import FingerQuality, assess
 from drivers.fingerprint.device import Scanner
-from drivers.fingerprint.protocol import SensorError
+from drivers.fingerprint import protocol as fp
+from drivers.fingerprint.protocol import Instruction, SensorError
 from station.bus import Request
 from station.daemon import Daemon, main_for
 from station.envelope import image_fields
@@ -73,9 +74,9 @@ class FingerprintDaemon(Daemon):
         self.commands.register("cancel", self._cmd_cancel)
 
     # -- device lifecycle -------------------------------------------------------------------
-    def _make_scanner(self) -> Scanner:
+    def _make_scanner(self, baud: int | None = None) -> Scanner:
         c = self.config
-        return Scanner(c["port"], baud=c["baud"], address=c["address"], password=c["password"],
+        return Scanner(c["port"], baud=baud or c["baud"], address=c["address"], password=c["password"],
                        command_timeout_s=c["command_timeout_s"], retries=c["retries"])
 
     def setup(self) -> None:
@@ -102,9 +103,29 @@ class FingerprintDaemon(Daemon):
         else:
             self.log.warning("GetEcho probe of %s failed: %s", self.config["port"], error)
 
-    def _open_job(self) -> tuple[Scanner, dict]:
+    def _open_job(self) -> tuple[Scanner, fp.SystemParameters]:
+        """Identify the sensor, then bring it to the configured packet size and speed.
+
+        A baud upgrade is stored in the sensor's flash, so after a restart the sensor may
+        already run at ``upgrade_baud``: if the configured baud gets no answer, try that.
+        """
+        c = self.config
         scanner = self._make_scanner()
-        params = scanner.open()
+        try:
+            params = scanner.open()
+        except DeviceError:
+            if not c["upgrade_baud"] or c["upgrade_baud"] == c["baud"]:
+                raise
+            scanner = self._make_scanner(baud=c["upgrade_baud"])
+            params = scanner.open()
+        if params.packet_size != c["packet_size"]:
+            scanner.command(Instruction.SET_SYS_PARA, parameter=fp.SystemParameter.PACKET_SIZE_CODE,
+                            value=fp.packet_size_code(c["packet_size"]))
+            scanner.close()
+            params = scanner.open()
+        if c["upgrade_baud"] and scanner.baud != c["upgrade_baud"]:
+            scanner.set_baud(c["upgrade_baud"])
+            params = scanner.system_parameters
         return scanner, params
 
     def _opened(self, result: Any, error: BaseException | None) -> None:
@@ -118,7 +139,8 @@ class FingerprintDaemon(Daemon):
             return
         self.scanner, params = result
         self._last_probe = time.monotonic()
-        self.system_parameters = dataclasses.asdict(params)
+        self.system_parameters = {**dataclasses.asdict(params), "packet_size": params.packet_size,
+                                  "baud": self.scanner.baud}
         self._attempt = 0
         self.reopen.recovered(f"scanner on {self.config['port']} identified")
         self.set_state("ready", f"scanner on {self.config['port']}")

@@ -36,13 +36,13 @@ class BlankGlass:
 class Station:
     """One emulator, one daemon process, a command client and an event subscriber."""
 
-    def __init__(self, station_env: dict, ctx, baud: int | None = None):
+    def __init__(self, station_env: dict, ctx, baud: int | None = None, extra_config: str = ""):
         run: Path = station_env["run"]
         self.emulator = SensorEmulator(prints=SyntheticFinger(3, 2), baud=baud, link=run / "fp0.tty")
         self.emulator.start()
         (station_env["etc"] / "fingerprint@fp0.yaml").write_text(
             f"port: {self.emulator.path}\nbaud: {baud or 57600}\ncommand_timeout_s: 0.3\n"
-            "retries: 2\nfinger_wait_s: 5\n"
+            "retries: 2\nfinger_wait_s: 5\n" + extra_config
         )
         paths = Paths.resolve()
         self.events = Subscriber(ctx, [paths.pub("fp0")], topics=["fingerprint.fp0."])
@@ -205,3 +205,13 @@ def test_a_silent_sensor_is_noticed_by_the_idle_probe(make_station):
     station.emulator.set_faults("")
     station.next_event("status", 15, state="ready")
     assert station.client.call("capture", {"position": 2}, timeout_s=15).result["nfiq2"] > 0
+
+
+def test_packet_size_and_baud_upgrade_are_applied_to_the_sensor(make_station):
+    station = make_station(baud=57600, extra_config="packet_size: 256\nupgrade_baud: 115200\n")
+    params = station.client.call("state").result["status"]["system_parameters"]
+    assert (params["packet_size"], params["baud"]) == (256, 115200)
+    assert (station.emulator.parameters.packet_size, station.emulator.parameters.baud) == (256, 115200)
+    reply = station.client.call("capture", {"position": 2}, timeout_s=20)
+    image = np.frombuffer(reply.payloads[0], np.uint8).reshape(288, 256)
+    assert np.array_equal(image, station.emulator.image)
