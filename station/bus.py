@@ -82,9 +82,13 @@ class Publisher:
         hwm: int = EVENT_HWM,
         heartbeat_s: float = HEARTBEAT_S,
         heartbeat_fields: Callable[[], dict] | None = None,
+        heartbeat_event: str = "heartbeat",
     ):
         check_tcp_secured(endpoint, curve=False)
         self.kind, self.src, self.boot = kind, src, boot
+        # Two publishers of one daemon (events, frames) must not share a topic: each topic's
+        # sequence belongs to exactly one socket.
+        self.heartbeat_event = heartbeat_event
         self.endpoint = endpoint
         self.heartbeat_s = heartbeat_s
         self._heartbeat_fields = heartbeat_fields
@@ -129,7 +133,7 @@ class Publisher:
         if now - self._last_send < self.heartbeat_s:
             return False
         fields = self._heartbeat_fields() if self._heartbeat_fields else {}
-        self.publish("heartbeat", fields)
+        self.publish(self.heartbeat_event, fields)
         return True
 
     def snapshot(self) -> dict[str, int]:

@@ -239,7 +239,7 @@ class Controller(Daemon):
         def finish(reply: Reply) -> dict:
             result = reply.result
             session.portrait = {"camera": camera, **{k: v for k, v in result.items() if k != "images"}}
-            session.portrait_files = {name: bytes(p) for name, p in zip(result.get("images", []), reply.payloads)}
+            session.portrait_files = {name: bytes(p) for name, p in zip(result.get("images", []), reply.payloads, strict=True)}
             self.events.publish("portrait.captured", {"session": session.session_id, "score": result.get("score"),
                                                       "forced": result.get("forced", False)}, name="enrollment")
             return {"score": result.get("score"), "passed": result.get("passed"), "forced": result.get("forced"),

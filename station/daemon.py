@@ -69,14 +69,17 @@ class Daemon:
     def load_config(self) -> dict[str, Any]:
         return config.load(self.section or self.kind, self.name, self.paths.etc, self.overrides)
 
-    def add_publisher(self, endpoint: str, hwm: int = 1000) -> Publisher:
+    def add_publisher(self, endpoint: str, hwm: int = 1000, heartbeat_event: str = "heartbeat") -> Publisher:
         publisher = Publisher(
             self.ctx, endpoint, kind=self.kind, src=self.name, boot=self.boot, hwm=hwm,
-            heartbeat_s=float(self.config.get("heartbeat_s", HEARTBEAT_S)),
-            heartbeat_fields=lambda: {"state": self.state},
+            heartbeat_s=self.heartbeat_s(),
+            heartbeat_fields=lambda: {"state": self.state}, heartbeat_event=heartbeat_event,
         )
         self.publishers.append(publisher)
         return publisher
+
+    def heartbeat_s(self) -> float:
+        return float(self.config.get("heartbeat_s", HEARTBEAT_S))
 
     def add_reader(self, socket: Any, callback: Callable[[], None]) -> None:
         self._readers[socket] = callback

@@ -14,7 +14,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import sysconfig
 import tempfile
 import time

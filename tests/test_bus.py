@@ -1,6 +1,5 @@
 """The bus: sequence gaps, boot changes, malformed messages, commands and snapshots."""
 import json
-import os
 import random
 import time
 
@@ -40,7 +39,7 @@ def pair(ctx, rundir):
 
 def test_sequence_numbers_are_per_topic_without_gaps(pair):
     pub, sub, gaps, _ = pair
-    for i in range(5):
+    for _ in range(5):
         pub.publish("frame")
         pub.publish("status", {"state": "ready"})
     got = [sub.receive(timeout_ms=1000) for _ in range(10)]

@@ -4,13 +4,11 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import sysconfig
 import time
 from pathlib import Path
 
 import pytest
-import zmq
 
 from station.bus import CommandClient, Subscriber
 from station.errors import DeadlineExceeded

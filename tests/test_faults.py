@@ -1,6 +1,5 @@
 """Processes really killed: a driver dies mid-session and comes back; the controller dies
 with records committed and comes back with every one of them intact."""
-import os
 import signal
 import subprocess
 import sysconfig

@@ -55,7 +55,8 @@ class CameraDaemon(Daemon):
 
     def __init__(self, name: str, paths: Paths, overrides: Sequence[str] = ()):
         super().__init__(name, paths, overrides)
-        self.frames = self.add_publisher(paths.frames(name), hwm=self.config["publish"]["frame_hwm"])
+        self.frames = self.add_publisher(paths.frames(name), hwm=self.config["publish"]["frame_hwm"],
+                                         heartbeat_event="frames.heartbeat")
         self.analyzer = FaceAnalyzer(self.config["quality"], make_detector(self.config["detector"]))
         self.source: FrameSource | None = None
         self.reopen = Flapping(self.log)
@@ -115,6 +116,9 @@ class CameraDaemon(Daemon):
             request.fail(DeviceError(f"camera {self.name} went offline: {error.message}"))
         self.frame_requests.clear()
         self.set_state("offline", error.message)
+
+    def heartbeat_s(self) -> float:
+        return float(self.config["publish"]["heartbeat_s"])
 
     def poll_timeout_ms(self) -> int:
         return 0 if self.source is not None else 50

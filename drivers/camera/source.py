@@ -293,9 +293,6 @@ class StreamSource(FrameSource):
             raise DeviceError(f"{self.device}: no such stream; is the camera emulator running?") from None
         except OSError as exc:
             raise DeviceError(f"{self.device}: cannot open the stream: {exc.strerror}") from None
-        if os.environ.get("XPIPE"):
-            import fcntl
-            fcntl.fcntl(self._fd, fcntl.F_SETPIPE_SZ, int(os.environ["XPIPE"]))
         self._poll = select.poll()
         self._poll.register(self._fd, select.POLLIN)
         self._splitter = MjpegSplitter(self.max_image_bytes)
