@@ -184,6 +184,8 @@ class Daemon:
                     time.sleep(POLL_MS / 1000)
         finally:
             self.notifier.stopping()
+            for request in self.commands.pending():  # a waiting caller gets an answer, not silence
+                request.fail(StationError(f"{self.kind}.{self.name} is stopping", code="stopping", retryable=True))
             try:
                 self.shutdown()
             finally:

@@ -2,6 +2,8 @@
 captures with quality and template, "no fingerprint", unplug when idle and mid-capture."""
 from __future__ import annotations
 
+import json
+import signal
 import subprocess
 import sysconfig
 import threading
@@ -215,3 +217,46 @@ def test_packet_size_and_baud_upgrade_are_applied_to_the_sensor(make_station):
     reply = station.client.call("capture", {"position": 2}, timeout_s=20)
     image = np.frombuffer(reply.payloads[0], np.uint8).reshape(288, 256)
     assert np.array_equal(image, station.emulator.image)
+
+
+def test_sigterm_during_a_capture_stops_cleanly_within_two_seconds(make_station, station_env):
+    station = make_station()
+    station.emulator.no_finger(30)  # the applicant never puts a finger down
+    capture = subprocess.Popen([str(BIN / "stationctl"), "call", "fp0", "capture", '{"position": 2}'],
+                               env=station_env["env"], stdout=subprocess.PIPE, text=True)
+    station.next_event("place_finger", 5)
+    started = time.monotonic()
+    station.process.terminate()
+    assert station.process.wait(timeout=5) == 0
+    assert time.monotonic() - started < 2.0
+    out, _ = capture.communicate(timeout=3)  # the waiting operator gets an answer, not silence
+    assert json.loads(out)["error"] == {"code": "stopping", "message": "fingerprint.fp0 is stopping",
+                                        "retryable": True}
+
+
+def test_sighup_with_a_new_port_reopens_the_scanner(make_station, station_env):
+    station = make_station()
+    other = SensorEmulator(prints=SyntheticFinger(9, 4), link=station_env["run"] / "fp1.tty")
+    other.start()
+    try:
+        config = station_env["etc"] / "fingerprint@fp0.yaml"
+        config.write_text(config.read_text().replace(str(station.emulator.path), str(other.path)))
+        station.drain_events()
+        station.process.send_signal(signal.SIGHUP)
+        station.next_event("config.applied", 5)
+        station.next_event("status", 5, state="ready", detail=f"scanner on {other.path}")
+        reply = station.client.call("capture", {"position": 4}, timeout_s=15)
+        assert np.array_equal(np.frombuffer(reply.payloads[0], np.uint8).reshape(288, 256), other.image)
+    finally:
+        other.stop()
+
+
+def test_stationctl_watch_prints_events_without_payloads(make_station, station_env):
+    station = make_station()
+    watcher = subprocess.Popen([str(BIN / "stationctl"), "watch", "fp0", "--topic", "fingerprint.fp0.capture",
+                                "--count", "1"], env=station_env["env"], stdout=subprocess.PIPE, text=True)
+    time.sleep(0.5)  # let it subscribe
+    station.client.call("capture", {"position": 2}, timeout_s=15)
+    out, _ = watcher.communicate(timeout=10)
+    line = json.loads(out)
+    assert line["topic"] == "fingerprint.fp0.capture" and line["position"] == 2 and "payload_bytes" not in line
