@@ -73,8 +73,7 @@ class CameraDaemon(Daemon):
 
     # -- device lifecycle -------------------------------------------------------------------
     def setup(self) -> None:
-        self.set_state("offline", "opening camera")
-        self._open()
+        self._open()  # publishes ready, or offline with the reason
 
     def _describe(self) -> str:
         source = self.config["source"]
