@@ -57,7 +57,7 @@ class CameraDaemon(Daemon):
         super().__init__(name, paths, overrides)
         self.frames = self.add_publisher(paths.frames(name), hwm=self.config["publish"]["frame_hwm"],
                                          heartbeat_event="frames.heartbeat")
-        self.analyzer = FaceAnalyzer(self.config["quality"], make_detector(self.config["detector"]))
+        self.analyzer = self._analyzer(self.config)
         self.source: FrameSource | None = None
         self.reopen = Flapping(self.log)
         self._next_open = 0.0
@@ -70,6 +70,11 @@ class CameraDaemon(Daemon):
         self.accepted: dict[str, Any] = {}
         self.commands.register("capture", self._cmd_capture)
         self.commands.register("frame", self._cmd_frame)
+
+    @staticmethod
+    def _analyzer(config: dict) -> FaceAnalyzer:
+        detector = make_detector(config["detector"], stream_window=config["capture"]["consecutive_frames"])
+        return FaceAnalyzer(config["quality"], detector)
 
     # -- device lifecycle -------------------------------------------------------------------
     def setup(self) -> None:
@@ -124,7 +129,7 @@ class CameraDaemon(Daemon):
 
     def apply_config(self, new: dict, old: dict) -> None:
         self.config = new
-        self.analyzer = FaceAnalyzer(new["quality"], make_detector(new["detector"]))
+        self.analyzer = self._analyzer(new)
         live_only = {k: v for k, v in new["source"].items() if k not in LIVE_SOURCE_KEYS} == \
                     {k: v for k, v in old["source"].items() if k not in LIVE_SOURCE_KEYS}
         if self.source is not None and live_only:
