@@ -1,6 +1,5 @@
 """The record store: durable commit, integrity check, crash leftovers, a full disk."""
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -76,7 +75,6 @@ DISK_FULL = textwrap.dedent("""
 """)
 
 
-@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs util-linux unshare")
 def test_a_full_disk_fails_the_commit_cleanly_and_keeps_earlier_records(tmp_path):
     """A real full filesystem: a 2 MiB tmpfs mounted in a private mount namespace."""
     mount = tmp_path / "small"
