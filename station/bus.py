@@ -27,6 +27,7 @@ from station.envelope import (
     Message,
     decode,
     dump_json,
+    encode,
     make_header,
     topic_for,
 )
@@ -112,18 +113,15 @@ class Publisher:
         topic = topic_for(self.kind, name or self.src, event)
         seq = self.seq.get(topic, 0) + 1
         self.seq[topic] = seq
-        header = dump_json(make_header(self.src, self.boot, seq, fields, t_acq_ns))
+        frames = encode(topic, make_header(self.src, self.boot, seq, fields, t_acq_ns), payloads)
         for part in payloads:
             memoryview(part)  # a bad part raises here, before half a message is sent
         # Part by part: pyzmq's send_multipart costs more than the send itself for small
         # events. copy=False hands payloads to libzmq; pyzmq still copies parts under its
         # copy threshold (64 KiB), which is exactly the zero-copy rule of the envelope.
-        sock = self.socket
-        sock.send(topic.encode(), zmq.SNDMORE)
-        sock.send(header, zmq.SNDMORE if payloads else 0)
-        last = len(payloads) - 1
-        for i, part in enumerate(payloads):
-            sock.send(part, zmq.SNDMORE if i < last else 0, copy=False)
+        last = len(frames) - 1
+        for i, part in enumerate(frames):
+            self.socket.send(part, zmq.SNDMORE if i < last else 0, copy=False)
         self._last_send = time.monotonic()
         return seq
 

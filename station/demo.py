@@ -41,12 +41,13 @@ class Process:
     name: str
     argv: list[str]
     log_path: Path
+    reads_stdout: bool = False  # an emulator prints its device path there
     popen: subprocess.Popen | None = None
     log_file: Any = None
 
     def start(self, env: dict[str, str]) -> None:
         self.log_file = open(self.log_path, "wb")
-        self.popen = subprocess.Popen(self.argv, env=env, stdout=subprocess.PIPE if self.name == "emulator" else
+        self.popen = subprocess.Popen(self.argv, env=env, stdout=subprocess.PIPE if self.reads_stdout else
                                       self.log_file, stderr=self.log_file, start_new_session=True)
 
     def alive(self) -> bool:
@@ -141,8 +142,8 @@ class Demo:
         env.pop("NOTIFY_SOCKET", None)
         return env
 
-    def spawn(self, name: str, argv: list[str]) -> Process:
-        process = Process(name, argv, self.logs / f"{name}.log")
+    def spawn(self, name: str, argv: list[str], reads_stdout: bool = False) -> Process:
+        process = Process(name, argv, self.logs / f"{name}.log", reads_stdout)
         process.start(self.env())
         self.processes.append(process)
         return process
@@ -153,7 +154,7 @@ class Demo:
         link.parent.mkdir(parents=True, exist_ok=True)
         self.sensor_control = self.paths.run / "fp0-sensor.ctl"
         emulator = self.spawn("emulator", [str(bindir / "stationctl"), "emulate", "fingerprint", "--link", str(link),
-                                           "--control", str(self.sensor_control)])
+                                           "--control", str(self.sensor_control)], reads_stdout=True)
         line = emulator.popen.stdout.readline().decode().strip()
         if not line:
             raise StationError(f"fingerprint emulator did not start:\n{emulator.log_tail()}")

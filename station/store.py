@@ -47,9 +47,6 @@ class StoredRecord:
     manifest: dict[str, Any]
     directory: Path
 
-    def files(self) -> dict[str, Path]:
-        return {f["name"]: self.directory / f["name"] for f in self.manifest.get("files", [])}
-
 
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
