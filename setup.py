@@ -16,7 +16,7 @@ setup(
     # The packaged default configuration lives in config/ at the top of the tree (where a
     # field engineer looks for it) and travels inside the wheel as station.defaults.
     package_dir={"station.defaults": "config"},
-    package_data={"station.defaults": ["*.yaml"]},
+    package_data={"station.defaults": ["*.yaml"], "station": ["schemas/*.yaml"]},
     install_requires=[
         "pyzmq",
         "pyserial",
@@ -29,6 +29,8 @@ setup(
         "orjson",
         "nbis-py==0.1.3",
         "wsq",
+        "cryptography>=50,<51",
+        "pycountry",
     ],
     extras_require={
         "test": [
@@ -36,6 +38,8 @@ setup(
             "pytest-timeout",
             "pyfingerprint",
             "adafruit-circuitpython-fingerprint",
+            "nistitl==0.6",
+            "hypothesis",
         ],
     },
     entry_points={

@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from drivers.fingerprint import biometrics
+from station import biometrics
 from station import config
 from station.bus import CommandClient, Reply, Request, Subscriber
 from station.daemon import Daemon, main_for

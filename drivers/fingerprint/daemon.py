@@ -28,7 +28,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from drivers.fingerprint.biometrics import FingerQuality, assess
+from station.biometrics import FingerQuality, assess
 from drivers.fingerprint.device import Scanner
 from drivers.fingerprint import protocol as fp
 from drivers.fingerprint.protocol import Instruction, SensorError

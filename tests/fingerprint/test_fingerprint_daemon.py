@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from drivers.fingerprint.biometrics import assess, compare
+from station.biometrics import assess, compare
 from drivers.fingerprint.emulator import SensorEmulator
 from drivers.fingerprint.prints import SyntheticFinger
 from station.bus import CommandClient, Subscriber

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from drivers.fingerprint.biometrics import (
+from station.biometrics import (
     BiometricsError,
     NoFingerprint,
     assess,
