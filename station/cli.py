@@ -6,6 +6,11 @@
   stationctl watch [NAME ...] [--topic PREFIX] print events as JSON lines (never payloads)
   stationctl face check IMAGE...               the camera's portrait checks on image files
   stationctl emulate fingerprint|camera ...    run one device emulator; first line: its path
+  stationctl provision --station-id ID --central-key FILE   create the station keys, install central's
+  stationctl record list                       sealed records in the store (metadata only)
+  stationctl record open ID|FILE --key KEY     verify, decrypt with a central private key, summarise
+  stationctl record export ID|FILE --key KEY --out FILE.an2   the ANSI/NIST-ITL transaction
+  stationctl events [--since N]                the controller's event journal, from sequence N
 """
 from __future__ import annotations
 
@@ -18,10 +23,11 @@ from typing import Sequence
 
 import zmq
 
-from station import config
+from station import config, keyring, record, sealing
 from station.bus import CommandClient, Subscriber
 from station.errors import StationError
 from station.paths import Paths
+from station.store import RecordStore
 
 
 def _paths(args: argparse.Namespace) -> Paths:
@@ -118,6 +124,135 @@ def cmd_face_check(args: argparse.Namespace) -> int:
     return status
 
 
+def cmd_provision(args: argparse.Namespace) -> int:
+    paths = _paths(args)
+    central = None
+    if args.central_key:
+        try:
+            central = Path(args.central_key).read_bytes()
+        except OSError as exc:
+            print(f"stationctl: cannot read the central public key {args.central_key}: {exc.strerror}",
+                  file=sys.stderr)
+            return 1
+    owner = _service_owner(args.owner)
+    try:
+        result = keyring.provision(paths.keys, args.station_id, central, owner=owner, rotate=args.rotate)
+    except StationError as exc:
+        print(f"stationctl provision: {exc.message}", file=sys.stderr)
+        return 1
+    print(result.report())
+    return 0
+
+
+def _service_owner(user: str | None) -> tuple[int, int] | None:
+    """Key files belong to the service user (``station``) when we run as root."""
+    import os
+    import pwd
+
+    if os.geteuid() != 0:
+        return None
+    try:
+        entry = pwd.getpwnam(user or "station")
+    except KeyError:
+        if user:
+            raise SystemExit(f"stationctl provision: no user {user!r} on this machine")
+        return None
+    return entry.pw_uid, entry.pw_gid
+
+
+def _reader(args: argparse.Namespace) -> RecordStore:
+    return RecordStore.reader(_paths(args).store)
+
+
+def cmd_record_list(args: argparse.Namespace) -> int:
+    try:
+        store = _reader(args)
+        rows = store.records()
+    except StationError as exc:
+        print(f"stationctl record list: {exc.message}", file=sys.stderr)
+        return 1
+    for row in rows:
+        print(json.dumps(row.to_dict(), sort_keys=True))
+    store.close()
+    return 0
+
+
+def _open_record(args: argparse.Namespace) -> tuple[sealing.SealedHeader, dict, bytes]:
+    """(header, manifest, transaction) of a sealed record given by id (in the store) or path."""
+    source = Path(args.record)
+    if source.is_file():
+        blob = source.read_bytes()
+    else:
+        store = _reader(args)
+        try:
+            blob = store.sealed(args.record)
+        finally:
+            store.close()
+    central = sealing.CentralPrivateKey.from_pem(Path(args.key).read_bytes())
+    station_pem = Path(args.station_key or _paths(args).keys / keyring.STATION_PUB).read_bytes()
+    header, plaintext = sealing.open_sealed(blob, central, sealing.StationPublicKeys.from_pem(station_pem))
+    manifest, an2 = record.unpack(plaintext)
+    return header, manifest, an2
+
+
+def cmd_record_open(args: argparse.Namespace) -> int:
+    try:
+        header, manifest, an2 = _open_record(args)
+    except (StationError, OSError) as exc:
+        print(f"stationctl record open: {getattr(exc, 'message', exc)}", file=sys.stderr)
+        return 1
+    fingers = manifest["fingers"]
+    print(json.dumps({
+        "record": header.record_id, "station": header.station_id, "signatures": "Ed25519 + ML-DSA-65 valid",
+        "created_ns": header.created_ns, "operator": manifest["operator"], "software": manifest["software"],
+        "portrait": manifest["portrait"], "exception_photo": manifest["exception_photo"] is not None,
+        "fingers": [{k: f.get(k) for k in ("position", "nfiq2", "force_captured", "exception") if k in f}
+                    for f in fingers],
+        "an2_bytes": len(an2), "an2_sha256": manifest["an2"]["sha256"],
+    }, indent=2, ensure_ascii=False))
+    return 0
+
+
+def cmd_record_export(args: argparse.Namespace) -> int:
+    import os
+
+    try:
+        _header, _manifest, an2 = _open_record(args)
+        fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(an2)
+    except (StationError, OSError) as exc:
+        print(f"stationctl record export: {getattr(exc, 'message', exc)}", file=sys.stderr)
+        return 1
+    print(f"{args.out}: ANSI/NIST-ITL transaction of record {args.record} ({len(an2)} bytes)")
+    return 0
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    """The journal from ``--since``, page by page, as JSON lines; ``--follow`` keeps polling."""
+    import time
+
+    ctx = zmq.Context()
+    client = CommandClient(ctx, _paths(args).cmd("controller"), name="controller")
+    since = args.since
+    try:
+        while True:
+            page = client.call("events.since", {"since": since, "limit": 500}, timeout_s=args.timeout).result
+            for event in page["events"]:
+                print(json.dumps(event, sort_keys=True), flush=True)
+                since = event["seq"]
+            if not page["events"]:
+                if not args.follow:
+                    return 0
+                time.sleep(0.5)
+    except StationError as exc:
+        print(f"stationctl events: {exc.message}", file=sys.stderr)
+        return 1
+    finally:
+        client.close()
+        ctx.term()
+
+
 def cmd_emulate(args: argparse.Namespace, rest: list[str]) -> int:
     if args.device == "fingerprint":
         from drivers.fingerprint import emulator
@@ -130,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stationctl", description="Station field-engineer and operator tool")
     parser.add_argument("--etc", help="config directory (default $STATION_ETC or /etc/station)")
     parser.add_argument("--run", help="socket directory (default $STATION_RUN or /run/station)")
+    parser.add_argument("--state", help="state directory (default $STATION_STATE or /var/lib/station)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     cfg = sub.add_parser("config", help="configuration tools")
@@ -163,6 +299,36 @@ def build_parser() -> argparse.ArgumentParser:
     face_check.add_argument("images", nargs="+")
     face_check.add_argument("--camera", default="cam0", help="whose thresholds to use (default cam0)")
     face_check.set_defaults(func=cmd_face_check)
+
+    prov = sub.add_parser("provision", help="create this station's keys and install the central public key")
+    prov.add_argument("--station-id", required=True, help="this station's id, e.g. VN-HP-0001")
+    prov.add_argument("--central-key", help="central's public key bundle (PEM), to seal records to")
+    prov.add_argument("--state", default=argparse.SUPPRESS, help="state directory")
+    prov.add_argument("--owner", help="user owning the key files when run as root (default: station)")
+    prov.add_argument("--rotate", action="store_true", help="replace existing station keys (new identity)")
+    prov.set_defaults(func=cmd_provision)
+
+    rec = sub.add_parser("record", help="sealed records in the store")
+    rec_sub = rec.add_subparsers(dest="action", required=True)
+    rec_list = rec_sub.add_parser("list", help="records in the store, metadata only (JSON lines)")
+    rec_list.set_defaults(func=cmd_record_list)
+    for action, func, text in (("open", cmd_record_open, "verify, decrypt and summarise one record"),
+                               ("export", cmd_record_export, "write a record's ANSI/NIST-ITL transaction")):
+        one = rec_sub.add_parser(action, help=text)
+        one.add_argument("record", help="record id in the store, or the path of a sealed record file")
+        one.add_argument("--key", required=True, help="central private key bundle (PEM)")
+        one.add_argument("--station-key", help="the sealing station's public key bundle (default: this station's)")
+        if action == "export":
+            one.add_argument("--out", required=True, help="where to write the .an2 file")
+        one.set_defaults(func=func)
+    for parser_ in rec_sub.choices.values():
+        parser_.add_argument("--state", default=argparse.SUPPRESS, help="state directory")
+
+    events = sub.add_parser("events", help="the controller's event journal as JSON lines")
+    events.add_argument("--since", type=int, default=0, help="print events after this sequence number")
+    events.add_argument("--follow", action="store_true", help="keep printing new events")
+    events.add_argument("--timeout", type=float, default=5.0)
+    events.set_defaults(func=cmd_events)
 
     emulate = sub.add_parser("emulate", help="run one device emulator (options: stationctl emulate DEVICE --help)",
                              add_help=False)

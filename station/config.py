@@ -49,7 +49,7 @@ _STR_TAG = "tag:yaml.org,2002:str"
 # keywords whose value is data: neither may be mistaken for a nested ``required``.
 _NAMED_SUBSCHEMAS = ("properties", "patternProperties", "$defs", "dependentSchemas")
 _DATA_KEYWORDS = ("enum", "const", "default", "examples")
-_TYPE_WORDS = {
+TYPE_WORDS = {
     "string": "a string", "integer": "an integer", "number": "a number",
     "boolean": "true or false", "object": "a mapping", "array": "a list", "null": "null",
 }
@@ -137,7 +137,7 @@ def _load(
     """Merged config and every problem found; ``check`` needs the list without the raise."""
     known = sections()
     if section not in known:
-        hint = _suggest(section, known)
+        hint = suggest(section, known)
         return None, [f"unknown config section {section!r}{hint}; known: {', '.join(known)}"]
     if instance is not None and not _INSTANCE.fullmatch(instance):
         return None, [f"{section}: instance name {instance!r} is invalid; expected {INSTANCE_PATTERN}"]
@@ -210,7 +210,7 @@ def _layer_files(section: str, instance: str | None, etc: Path) -> tuple[list[Pa
 
 
 def _bad_name(path: Path, match: re.Match[str] | None, expected: str, known: list[str]) -> str:
-    hint = _suggest(match["section"], known) if match else ""
+    hint = suggest(match["section"], known) if match else ""
     return (f"{path}: file name does not say which section it configures{hint}; "
             f"expected {expected} with <section> one of {', '.join(known)}")
 
@@ -250,7 +250,7 @@ def _parse(name: str, raw: bytes) -> tuple[dict[str, Any] | None, yaml.Node | No
         data = {}
     if not isinstance(data, dict):
         line = node.start_mark.line + 1
-        return None, None, [f"{name}:{line}: top level must be a mapping of key: value, got {_kind(data)}"]
+        return None, None, [f"{name}:{line}: top level must be a mapping of key: value, got {kind_of(data)}"]
     return (data if keys_are_strings else None), node, problems
 
 
@@ -359,8 +359,8 @@ def _explain(error: jsonschema.ValidationError) -> Iterable[tuple[KeyPath, str]]
             yield culprit, f"unknown key {_dotted(culprit)!r} ({hint}allowed: {', '.join(allowed)})"
     elif kind == "type":
         wanted = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
-        expected = " or ".join(_TYPE_WORDS.get(t, t) for t in wanted)
-        got = _kind(value) if value is None else f"{_kind(value)} {_show(value)}"
+        expected = " or ".join(TYPE_WORDS.get(t, t) for t in wanted)
+        got = kind_of(value) if value is None else f"{kind_of(value)} {_show(value)}"
         yield path, f"{where}expected {expected}, got {got}"
     elif kind in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
         yield path, f"{where}{_show(value)} is out of range; allowed {_range(schema)}"
@@ -436,12 +436,12 @@ def _about(schema: dict[str, Any]) -> str:
     return f" ({schema['description'].strip()})" if schema.get("description") else ""
 
 
-def _suggest(word: str, choices: list[str]) -> str:
+def suggest(word: str, choices: list[str]) -> str:
     close = difflib.get_close_matches(word, choices, n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _kind(value: Any) -> str:
+def kind_of(value: Any) -> str:
     if value is None:
         return "null"
     for kind, words in ((bool, "boolean"), (int, "integer"), (float, "number"), (str, "string"),

@@ -1,18 +1,26 @@
-"""The station controller: enrollment sessions, record commit, driver supervision.
+"""The station controller: enrollment sessions, record sealing and commit, the event journal,
+driver supervision.
 
 It knows no serial bytes: it asks the driver daemons for captures over their command
-sockets and watches their event streams for status and silence. Operators (and the demo,
-and ``stationctl``) drive sessions through the control socket ``controller.cmd``:
+sockets and watches their event streams for status and silence. The rules live in pure
+modules (``enrollment`` the session state machine, ``record`` the record building,
+``sealing`` the envelope); this daemon wires them to sockets and the store. Every session
+transition is written to the store, with its journal event and audit line, before it is
+acknowledged; a restarted controller resumes every open session where it was.
 
-``session.start {applicant, operator}`` -> ``{session}``
-``session.portrait {session}``           -> portrait quality (image kept in the session)
-``session.finger {session, position}``   -> finger capture summary
-``session.exception {session, position, reason}``
-``session.finish {session}``             -> ``{record}`` only after the store committed it
-``session.cancel {session}``, ``status``
+Commands on ``controller.cmd`` (operators, the console, the demo, ``stationctl``):
 
-Blocking calls to drivers run in a worker thread; the main loop keeps serving heartbeats,
-status and other commands meanwhile.
+``session.start {applicant, operator}``          -> the session (demographics validated)
+``session.get {session}`` / ``session.list``     -> where a session is (after a restart too)
+``session.portrait {session}``                   -> portrait quality (images kept, encrypted)
+``session.finger {session, position}``           -> the kept impression's scores
+``session.exception {session, position, reason}`` / ``session.exception_photo {session}``
+``session.finish {session}``                     -> ``{record}`` once sealed and committed
+``session.cancel {session, reason}``, ``events.since {since, limit}``, ``record.list``,
+``record.get {record}`` (the sealed envelope as payload), ``status``
+
+Slow work (driver calls, WSQ, signing, sealing, the fsynced commit) runs in a worker
+thread; the main loop keeps serving heartbeats, status and other commands meanwhile.
 """
 from __future__ import annotations
 
@@ -22,43 +30,20 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-import numpy as np
-
-from station import biometrics
-from station import config
+from station import biometrics, config, demographics, enrollment, keyring, record, sealing
 from station.bus import CommandClient, Reply, Request, Subscriber
 from station.daemon import Daemon, main_for
+from station.enrollment import Finger, Photo, Session, SessionError
 from station.envelope import Message
-from station.errors import StationError
+from station.errors import CommandError, StationError
 from station.paths import Paths
-from station.store import RecordStore
+from station.store import RecordStore, Tx
 from station.worker import Worker
 
 log = logging.getLogger("station.controller")
 
-FINGER_NAMES = {
-    1: "right thumb", 2: "right index", 3: "right middle", 4: "right ring", 5: "right little",
-    6: "left thumb", 7: "left index", 8: "left middle", 9: "left ring", 10: "left little",
-}
-
-
-class SessionError(StationError):
-    code = "session_error"
-
-
-@dataclass
-class Session:
-    session_id: str
-    applicant: dict[str, Any]
-    operator: str
-    started_ns: int = field(default_factory=time.time_ns)
-    portrait: dict[str, Any] | None = None
-    portrait_files: dict[str, bytes] = field(default_factory=dict)
-    fingers: dict[int, dict[str, Any]] = field(default_factory=dict)
-    finger_images: dict[int, bytes] = field(default_factory=dict)
-    finger_templates: dict[int, bytes] = field(default_factory=dict)
-    exceptions: dict[int, str] = field(default_factory=dict)
-    busy: bool = False
+JOURNAL_PAGE = 500
+EXPIRY_CHECK_S = 1.0
 
 
 @dataclass
@@ -70,6 +55,7 @@ class DriverLink:
     online: bool = False
     state: str = "unknown"
     boot: str = ""
+    identity: dict[str, Any] = field(default_factory=dict)  # from its snapshot, for the manifest
 
 
 class Controller(Daemon):
@@ -78,38 +64,78 @@ class Controller(Daemon):
 
     def __init__(self, name: str, paths: Paths, overrides: Sequence[str] = ()):
         super().__init__(name, paths, overrides)
-        self.policy = config.load("enrollment", None, paths.etc)
-        self.store = RecordStore(paths.state / "store", fsync=self.config["store"]["fsync"])
-        self.sessions: dict[str, Session] = {}
-        self.drivers: dict[str, DriverLink] = {}
-        endpoints = []
-        for kind in ("camera", "fingerprint"):
-            for driver in self.config["drivers"][kind]:
-                self.drivers[driver] = DriverLink(kind, driver)
-                endpoints.append(paths.pub(driver))
-        self.driver_events = Subscriber(
-            self.ctx, endpoints, on_gap=self._resync, on_boot=lambda src, old, new: self._resync(src),
-            offline_after_s=self.config["offline_after_s"],
-        )
-        self.add_reader(self.driver_events.socket, self._on_driver_events)
-        self._resync_at: dict[str, float] = {}  # driver -> when to ask its snapshot
-        self._snapshot_client = {n: CommandClient(self.ctx, paths.cmd(n), name=n) for n in self.drivers}
+        self.keys = keyring.load(paths.keys)
+        self.store = RecordStore(paths.store, cipher=self.keys.capture, fsync=self.config["store"]["fsync"],
+                                 legacy_sealer=self._seal_legacy)
+        self.sessions: dict[str, Session] = {
+            s.session_id: s for s in map(Session.from_dict, self.store.open_sessions())}
+        self.busy: set[str] = set()
+        self._published = self.store.last_seq()  # what a restart published before is replayable
+        self._next_expiry_check = 0.0
         self.worker = Worker("controller-io")
+        self.drivers: dict[str, DriverLink] = {}
+        self.driver_events: Subscriber | None = None
+        self._snapshot_client: dict[str, CommandClient] = {}
+        self._resync_at: dict[str, float] = {}  # driver -> when to ask its snapshot
+        self._connect_drivers(self.config)
         for cmd, handler in {
             "status": self._cmd_status,
             "session.start": self._cmd_start,
+            "session.get": self._cmd_get,
+            "session.list": self._cmd_list,
             "session.portrait": self._cmd_portrait,
+            "session.exception_photo": self._cmd_exception_photo,
             "session.finger": self._cmd_finger,
             "session.exception": self._cmd_exception,
             "session.finish": self._cmd_finish,
             "session.cancel": self._cmd_cancel,
+            "events.since": self._cmd_events_since,
+            "record.list": self._cmd_record_list,
+            "record.get": self._cmd_record_get,
         }.items():
             self.commands.register(cmd, handler)
 
+    def load_config(self) -> dict[str, Any]:
+        """The controller's file and the enrollment policy, applied (or rejected) together."""
+        controller = config.load("controller", None, self.paths.etc, self.overrides)
+        return {**controller, "enrollment": config.load("enrollment", None, self.paths.etc)}
+
+    @property
+    def policy(self) -> dict[str, Any]:
+        return self.config["enrollment"]
+
     # -- driver supervision -----------------------------------------------------------------
+    def _connect_drivers(self, cfg: dict[str, Any]) -> None:
+        """(Re)build the links to the configured drivers; keeps what is known of drivers
+        that stay, so a reload does not mark a running scanner offline."""
+        links = {}
+        for kind in ("camera", "fingerprint"):
+            for driver in cfg["drivers"][kind]:
+                old = self.drivers.get(driver)
+                links[driver] = old if old is not None and old.kind == kind else DriverLink(kind, driver)
+        subscriber = Subscriber(
+            self.ctx, [self.paths.pub(n) for n in links], on_gap=self._resync,
+            on_boot=lambda src, old, new: self._resync(src), offline_after_s=cfg["offline_after_s"])
+        clients = {n: CommandClient(self.ctx, self.paths.cmd(n), name=n) for n in links}
+        if self.driver_events is not None:
+            self.remove_reader(self.driver_events.socket)
+            self.driver_events.close()
+            for client in self._snapshot_client.values():
+                client.close()
+        self.drivers, self.driver_events, self._snapshot_client = links, subscriber, clients
+        self._resync_at = {n: 0.0 for n in links if links[n].online}
+        self.add_reader(subscriber.socket, self._on_driver_events)
+
+    def apply_config(self, new: dict[str, Any], old: dict[str, Any]) -> None:
+        if new["drivers"] != old["drivers"] or new["offline_after_s"] != old["offline_after_s"]:
+            self._connect_drivers(new)
+        # Open sessions keep the policy they started under; new ones take the new policy.
+        self.config = new
+
     def setup(self) -> None:
-        counts = self.store.counts()
-        self.set_state("ready", f"{sum(counts.values())} records in store")
+        self._publish_journal()
+        self.set_state("ready", f"station {self.keys.station_id}: {self.store.counts()['records']} records, "
+                                f"{len(self.sessions)} open sessions")
 
     def _resync(self, src: str, *_: Any) -> None:
         self._resync_at.setdefault(src, 0.0)
@@ -127,7 +153,7 @@ class Controller(Daemon):
         if not link.online:
             link.online = True
             self._resync(msg.src)  # joined late or came back: adopt its snapshot
-            self.events.publish("online", {"driver": link.name, "kind": link.kind}, name="drivers")
+            self._journal("station.drivers.online", {"driver": link.name, "kind": link.kind})
         if msg.event in ("status", "heartbeat"):
             link.state = msg.get("state", link.state)
 
@@ -138,10 +164,13 @@ class Controller(Daemon):
             if link and link.online:
                 link.online = False
                 log.warning("driver %s is silent for more than %.0f s: offline", src, self.driver_events.offline_after_s)
-                self.events.publish("offline", {"driver": src, "kind": link.kind}, name="drivers")
+                self._journal("station.drivers.offline", {"driver": src, "kind": link.kind})
         for src, when in list(self._resync_at.items()):
             if now >= when:
                 self._snapshot(src, now)
+        if now >= self._next_expiry_check:
+            self._next_expiry_check = now + EXPIRY_CHECK_S
+            self._expire_idle_sessions()
 
     def _snapshot(self, src: str, now: float) -> None:
         """Late-joiner resync: we are subscribed already; adopt the driver's own counters."""
@@ -154,6 +183,7 @@ class Controller(Daemon):
         self.driver_events.apply_snapshot(src, snap["boot"], snap["seq"])
         link = self.drivers[src]
         link.state, link.boot = snap["state"], snap["boot"]
+        link.identity = {"kind": link.kind, "boot": snap["boot"], **snap.get("status", {})}
 
     def healthy(self) -> bool:
         return self.worker.stuck_for() < 2 * self.config["capture_timeout_s"] + 10
@@ -165,26 +195,81 @@ class Controller(Daemon):
         self.driver_events.close()
         self.store.close()
 
+    # -- persistence: every transition is stored, journaled and audited, then answered ------
+    def _journal(self, topic: str, body: dict[str, Any], actor: str = "system", action: str = "",
+                 **audit: Any) -> None:
+        with self.store.transaction() as tx:
+            tx.journal(topic, body)
+            if action:
+                tx.audit(actor, action, **audit)
+        self._publish_journal()
+
+    def _write_session(self, tx: Tx, session: Session, topic: str, body: dict[str, Any], action: str,
+                       captures: dict[str, bytes] | None = None, actor: str = "") -> None:
+        """One transition inside ``tx``: captures, the session's state (encrypted; none once
+        it ended, and its captures destroyed), its journal event and audit line."""
+        sid, is_open = session.session_id, session.status == enrollment.OPEN
+        for name, data in (captures or {}).items():
+            tx.put_capture(sid, name, data)
+        tx.save_session(sid, session.status, session.operator, session.started_ns, session.updated_ns,
+                        session.to_dict() if is_open else None, session.record_id)
+        tx.keep_captures(sid, session.captures() if is_open else [])
+        tx.journal(topic, {"session": sid, "step": session.step, **body})
+        tx.audit(actor or session.operator, action, session_id=sid, record_id=session.record_id or None, **body)
+
+    def _save(self, session: Session, topic: str, body: dict[str, Any], action: str,
+              captures: dict[str, bytes] | None = None, actor: str = "") -> None:
+        """``actor``: who did it, when not the session's operator (``system`` for expiry)."""
+        with self.store.transaction() as tx:
+            self._write_session(tx, session, topic, body, action, captures, actor)
+        if session.status == enrollment.OPEN:
+            self.sessions[session.session_id] = session
+        else:
+            self.sessions.pop(session.session_id, None)
+
+    def _publish_journal(self) -> None:
+        """Publish committed journal entries in sequence order, from the main thread."""
+        while True:
+            entries = self.store.journal_since(self._published, JOURNAL_PAGE)
+            for entry in entries:
+                _, name, event = entry.topic.split(".", 2)
+                self.events.publish(event, {**entry.body, "jseq": entry.seq}, name=name)
+                self._published = entry.seq
+            if len(entries) < JOURNAL_PAGE:
+                return
+
+    def _expire_idle_sessions(self) -> None:
+        now = time.time_ns()
+        for session in [s for s in self.sessions.values() if s.session_id not in self.busy]:
+            if enrollment.is_idle(session, now):
+                self._save(enrollment.expired(session, now), "station.enrollment.session.expired",
+                           {"reason": "idle"}, "session.expired", actor="system")
+                log.info("session %s expired after %d s idle; its captures are destroyed", session.session_id,
+                         session.policy["session_expiry_s"])
+        self._publish_journal()
+
     # -- commands ---------------------------------------------------------------------------
     def _cmd_status(self, request: Request) -> dict:
         return {
+            "station": self.keys.station_id,
             "drivers": {n: {"kind": d.kind, "online": d.online, "state": d.state} for n, d in self.drivers.items()},
-            "sessions": list(self.sessions),
+            "sessions": sorted(self.sessions),
             "store": self.store.counts(),
+            "journal_seq": self._published,
+            "free_mb": self.store.free_bytes() // 2**20,
         }
 
-    def _session(self, request: Request) -> Session:
-        session = self.sessions.get(str(request.args.get("session", "")))
+    def _session(self, request: Request, *, idle: bool = True) -> Session:
+        sid = request.args.get("session")
+        session = self.sessions.get(sid) if isinstance(sid, str) else None
         if session is None:
-            raise SessionError(f"no open session {request.args.get('session')!r}; start one with session.start")
-        if session.busy:
-            raise SessionError("the session is busy with another capture; wait for it", retryable=True)
+            raise SessionError(f"no open session {sid!r}; start one with session.start", code="no_session")
+        if idle and sid in self.busy:
+            raise SessionError("the session is busy with another capture; wait for it", code="busy", retryable=True)
         return session
 
     def _driver(self, kind: str) -> str:
         names = self.config["drivers"][kind]
-        if not names:
-            raise SessionError(f"no {kind} configured in controller.yaml drivers.{kind}")
         name = names[0]
         if not self.drivers[name].online:
             raise SessionError(f"{kind} {name} is offline: check the cable and its service", code="driver_offline",
@@ -192,34 +277,60 @@ class Controller(Daemon):
         return name
 
     def _cmd_start(self, request: Request) -> dict:
-        applicant = request.args.get("applicant")
         operator = request.args.get("operator")
-        if not isinstance(applicant, dict) or not isinstance(operator, str) or not operator:
-            raise SessionError("session.start needs applicant (an object) and operator (an id)", code="bad_request")
-        session = Session(secrets.token_hex(8), applicant, operator)
-        self.sessions[session.session_id] = session
-        self.events.publish("session.started", {"session": session.session_id, "operator": operator}, name="enrollment")
-        return {"session": session.session_id, "finger_positions": self.policy["finger_positions"]}
+        if not isinstance(operator, str) or not operator or len(operator) > 64:
+            raise SessionError("session.start needs operator: the signed-in operator's id", code="bad_request")
+        applicant = demographics.validate(request.args.get("applicant"))
+        floor = self.config["store"]["min_free_mb"]
+        free_mb = self.store.free_bytes() // 2**20
+        if free_mb < floor:
+            raise SessionError(f"only {free_mb} MB free under {self.paths.state} (the floor is {floor} MB): no new "
+                               "enrollment until records are delivered or space is freed", code="disk_low",
+                               retryable=True)
+        now = time.time_ns()
+        session = enrollment.start(secrets.token_hex(8), operator, applicant, self.policy, now)
+        self._save(session, "station.enrollment.session.started", {"operator": operator}, "session.start")
+        self._publish_journal()
+        return session.view()
+
+    def _cmd_get(self, request: Request) -> dict:
+        sid = request.args.get("session")
+        if isinstance(sid, str) and sid not in self.sessions:
+            outcome = self.store.session_outcome(sid)
+            if outcome is not None:
+                return {"session": sid, "status": outcome[0], "record": outcome[1] or None}
+        return self._session(request, idle=False).view()
+
+    def _cmd_list(self, request: Request) -> dict:
+        return {"sessions": [s.view() for s in sorted(self.sessions.values(), key=lambda s: s.started_ns)]}
 
     def _in_worker(self, request: Request, session: Session, job: Callable[[], Any],
                    finish: Callable[[Any], dict]) -> None:
-        """Run ``job`` (blocking calls to drivers) in the worker; answer from the main loop."""
+        """Run ``job`` (blocking calls to drivers, sealing) in the worker; persist and answer
+        from the main loop."""
+        sid = session.session_id
 
         def done(result: Any, error: BaseException | None) -> None:
-            session.busy = False
+            self.busy.discard(sid)
+            if error is None and request.done:
+                log.warning("%s for session %s completed after its deadline: discarded", request.cmd, sid)
+                return
             if error is None:
                 try:
                     request.reply(finish(result))
-                    return
                 except Exception as exc:  # answered below, like a failure in the job itself
                     error = exc
+                finally:
+                    self._publish_journal()
+            if error is None:
+                return
             if isinstance(error, StationError):
                 request.fail(error)
             else:
                 log.error("%s failed", request.cmd, exc_info=error)
                 request.fail(StationError(f"{request.cmd} failed: {error!r}", code="internal"))
 
-        session.busy = True
+        self.busy.add(sid)
         self.worker.submit(job, done)
 
     def _call_driver(self, request: Request, driver: str, cmd: str, args: dict) -> Reply:
@@ -231,129 +342,191 @@ class Controller(Daemon):
         finally:
             client.close()
 
-    def _cmd_portrait(self, request: Request) -> None:
-        session = self._session(request)
+    def _take_photo(self, request: Request, session: Session, mode: str,
+                    taken: Callable[[Session, Photo, int], Session], prefix: str, what: str) -> None:
         camera = self._driver("camera")
-        mode = request.args.get("mode", "icao")
 
         def finish(reply: Reply) -> dict:
             result = reply.result
-            session.portrait = {"camera": camera, **{k: v for k, v in result.items() if k != "images"}}
-            session.portrait_files = {name: bytes(p) for name, p in zip(result.get("images", []), reply.payloads, strict=True)}
-            self.events.publish("portrait.captured", {"session": session.session_id, "score": result.get("score"),
-                                                      "forced": result.get("forced", False)}, name="enrollment")
-            return {"score": result.get("score"), "passed": result.get("passed"), "forced": result.get("forced"),
-                    "hint": result.get("hint"), "images": list(session.portrait_files)}
+            names = [f"{prefix}{name}" for name in result.get("images", [])]
+            if len(names) != len(reply.payloads) or not names:
+                raise StationError(f"camera {camera} sent {len(reply.payloads)} images for {names}", code="internal")
+            token = result.get("token") or {}
+            now = time.time_ns()
+            photo = Photo(camera, result.get("score"), bool(result.get("passed")), bool(result.get("forced")), mode,
+                          int(token.get("width", 0)), int(token.get("height", 0)), now, tuple(names))
+            current = self.sessions[session.session_id]
+            updated = taken(current, photo, now)
+            figures = {"score": photo.score, "passed": photo.passed, "forced": photo.forced}
+            self._save(updated, f"station.enrollment.{what}.captured", figures, f"session.{what}",
+                       captures={n: bytes(p) for n, p in zip(names, reply.payloads)})
+            return {**updated.view(), "hint": result.get("hint"), **figures}
 
         self._in_worker(request, session, lambda: self._call_driver(request, camera, "capture", {"mode": mode}),
                         finish)
+
+    def _cmd_portrait(self, request: Request) -> None:
+        session = self._session(request)
+        enrollment.portrait_allowed(session)
+        self._take_photo(request, session, "icao", enrollment.portrait_taken, "", "portrait")
+
+    def _cmd_exception_photo(self, request: Request) -> None:
+        session = self._session(request)
+        enrollment.exception_photo_allowed(session)
+        self._take_photo(request, session, "exception", enrollment.exception_photo_taken, "exception-",
+                         "exception_photo")
 
     def _cmd_finger(self, request: Request) -> None:
         """Capture one finger under the policy: up to N attempts until NFIQ 2 reaches the
         accept level, else keep the best attempt flagged force-captured; refuse a finger that
         matches one of the applicant's other positions (duplicate or swapped finger)."""
         session = self._session(request)
-        position = request.args.get("position")
-        if position not in self.policy["finger_positions"]:
-            raise SessionError(f"finger position {position!r} is not in the enrollment policy "
-                               f"{self.policy['finger_positions']}", code="bad_request")
+        position = enrollment.finger_allowed(session, request.args.get("position"))
         scanner = self._driver("fingerprint")
-        accept, attempts = self.policy["nfiq2_accept"], self.policy["attempts"]
-        earlier = {p: t for p, t in session.finger_templates.items() if p != position}
+        policy = session.policy
+        accept, attempts_allowed = policy["nfiq2_accept"], policy["attempts"]
+        earlier = {p: self.store.capture(session.session_id, f.template)
+                   for p, f in session.fingers.items() if p != position and not f.exception}
         sid = session.session_id
 
-        def job() -> tuple[Reply, list[int]]:
-            best: Reply | None = None
-            scores: list[int] = []
-            for attempt in range(1, attempts + 1):
-                reply = self._call_driver(request, scanner, "capture", {"position": position})
+        def job() -> tuple[list[Reply], int]:
+            attempts: list[Reply] = []
+            spent = 0
+            missed: StationError | None = None
+            for attempt in range(1, attempts_allowed + 1):
+                spent = attempt
+                try:
+                    reply = self._call_driver(request, scanner, "capture", {"position": position})
+                except CommandError as exc:
+                    if exc.code != "no_fingerprint":
+                        raise
+                    missed = exc  # a smudge or a lifted finger: a spent attempt, not the end
+                    self.worker.post(lambda a=attempt: self._journal(
+                        "station.enrollment.finger.attempt", {"session": sid, "position": position, "attempt": a,
+                                                              "nfiq2": None, "no_fingerprint": True}))
+                    continue
                 nfiq2 = int(reply.result["nfiq2"])
-                scores.append(nfiq2)
-                self.worker.post(lambda a=attempt, q=nfiq2: self.events.publish(
-                    "finger.attempt", {"session": sid, "position": position, "attempt": a, "nfiq2": q},
-                    name="enrollment"))
-                self._refuse_duplicate(position, bytes(reply.payloads[1]), earlier)
-                if best is None or nfiq2 > int(best.result["nfiq2"]):
-                    best = reply
+                self.worker.post(lambda a=attempt, q=nfiq2: self._journal(
+                    "station.enrollment.finger.attempt", {"session": sid, "position": position, "attempt": a,
+                                                          "nfiq2": q}))
+                self._refuse_duplicate(position, bytes(reply.payloads[1]), earlier, policy)
+                attempts.append(reply)
                 if nfiq2 >= accept:
                     break
-            return best, scores
+            if not attempts:
+                raise missed
+            return attempts, spent
 
-        def finish(outcome: tuple[Reply, list[int]]) -> dict:
-            reply, scores = outcome
-            result = reply.result
-            forced = int(result["nfiq2"]) < accept
-            summary = {"position": position, "name": FINGER_NAMES[position], "nfiq2": result["nfiq2"],
-                       "minutiae": result.get("minutiae"), "attempts": len(scores), "attempt_nfiq2": scores,
-                       "force_captured": forced}
-            session.fingers[position] = {"scanner": scanner, "width": result["width"], "height": result["height"],
-                                         "resolution_ppi": result.get("resolution_ppi", 500), **summary}
-            session.finger_images[position] = bytes(reply.payloads[0])
-            session.finger_templates[position] = bytes(reply.payloads[1])
-            session.exceptions.pop(position, None)
-            self.events.publish("finger.captured", {"session": sid, "position": position, "nfiq2": result["nfiq2"],
-                                                    "force_captured": forced}, name="enrollment")
-            return summary
+        def finish(outcome: tuple[list[Reply], int]) -> dict:
+            attempts, spent = outcome
+            scores = [int(r.result["nfiq2"]) for r in attempts]
+            index, forced = enrollment.keep_best([{"nfiq2": s} for s in scores], accept)
+            kept = attempts[index]
+            result, now = kept.result, time.time_ns()
+            finger = Finger(position, now, scanner=scanner, nfiq2=scores[index], minutiae=result.get("minutiae"),
+                            attempts=spent, attempt_nfiq2=tuple(scores), force_captured=forced,
+                            width=int(result["width"]), height=int(result["height"]),
+                            resolution_ppi=int(result.get("resolution_ppi", 500)))
+            updated = enrollment.finger_taken(self.sessions[sid], finger, now)
+            self._save(updated, "station.enrollment.finger.captured",
+                       {"position": position, "nfiq2": finger.nfiq2, "force_captured": forced}, "session.finger",
+                       captures={finger.image: bytes(kept.payloads[0]), finger.template: bytes(kept.payloads[1])})
+            return {**finger.summary(), "session": updated.view()}
 
         self._in_worker(request, session, job, finish)
 
-    def _refuse_duplicate(self, position: int, template: bytes, earlier: dict[int, bytes]) -> None:
-        threshold = self.policy["duplicate_finger_threshold"]
-        for other, other_template in earlier.items():
-            score = biometrics.compare(template, other_template)
-            if score >= threshold:
-                raise SessionError(
-                    f"same finger as {FINGER_NAMES[other]} (position {other}, match score {score}): "
-                    f"place the {FINGER_NAMES[position]}", code="duplicate_finger", retryable=True)
+    def _refuse_duplicate(self, position: int, template: bytes, earlier: dict[int, bytes],
+                          policy: dict[str, Any]) -> None:
+        scores = {other: biometrics.compare(template, t) for other, t in earlier.items()}
+        hit = enrollment.duplicate_of(scores, policy["duplicate_finger_threshold"])
+        if hit is not None:
+            other, score = hit
+            raise SessionError(
+                f"same finger as {enrollment.FINGER_NAMES[other]} (position {other}, match score {score}): "
+                f"place the {enrollment.FINGER_NAMES[position]}", code="duplicate_finger", retryable=True)
 
     def _cmd_exception(self, request: Request) -> dict:
         session = self._session(request)
-        position, reason = request.args.get("position"), request.args.get("reason")
-        reasons = self.policy["exception_reasons"]
-        if position not in self.policy["finger_positions"] or reason not in reasons:
-            raise SessionError(f"an exception needs a policy finger position and a reason among {sorted(reasons)}",
-                               code="bad_request")
-        session.exceptions[position] = reason
-        for captured in (session.fingers, session.finger_images, session.finger_templates):
-            captured.pop(position, None)
-        return {"position": position, "reason": reason}
+        now = time.time_ns()
+        updated = enrollment.exception_declared(session, request.args.get("position"), request.args.get("reason"),
+                                                now)
+        position = request.args["position"]
+        self._save(updated, "station.enrollment.finger.exception",
+                   {"position": position, "reason": request.args["reason"]}, "session.exception")
+        self._publish_journal()
+        return {"position": position, "reason": request.args["reason"], "session": updated.view()}
 
-    def _cmd_finish(self, request: Request) -> dict:
+    def _cmd_finish(self, request: Request) -> dict | None:
+        sid = request.args.get("session")
+        if isinstance(sid, str) and sid not in self.sessions:
+            outcome = self.store.session_outcome(sid)
+            if outcome is not None and outcome[0] == enrollment.FINISHED:
+                return {"record": outcome[1], "repeated": True}  # the first answer was lost
         session = self._session(request)
-        missing = [p for p in self.policy["finger_positions"]
-                   if p not in session.fingers and p not in session.exceptions]
-        if missing:
-            raise SessionError(f"fingers not captured and not declared as exceptions: {missing}", code="incomplete")
-        if self.policy["portrait_required"] and session.portrait is None:
-            raise SessionError("no portrait captured yet", code="incomplete")
+        enrollment.finishable(session)
         record_id = secrets.token_hex(16)
-        files = dict(session.portrait_files)
-        for position, image in session.finger_images.items():
-            finger = session.fingers[position]
-            pixels = np.frombuffer(image, np.uint8).reshape(finger["height"], finger["width"])
-            files[f"finger-{position:02d}.wsq"] = biometrics.wsq_encode(pixels)
-            files[f"finger-{position:02d}.iso19794-2"] = session.finger_templates[position]
-        manifest = {
-            "record": record_id, "session": session.session_id, "station": self.name,
-            "operator": session.operator, "applicant": session.applicant,
-            "started_ns": session.started_ns, "portrait": session.portrait,
-            "fingers": {str(p): f for p, f in session.fingers.items()},
-            "exceptions": {str(p): r for p, r in session.exceptions.items()},
-        }
-        stored = self.store.commit(record_id, session.session_id, manifest, files)
-        del self.sessions[session.session_id]
-        self.events.publish("completed", {"session": session.session_id, "record": record_id,
-                                          "fingers": len(session.fingers), "exceptions": len(session.exceptions)},
-                            name="enrollment")
-        log.info("record %s committed (%d files)", record_id, len(files))
-        return {"record": record_id, "directory": str(stored.directory),
-                "files": [f["name"] for f in stored.manifest["files"]]}
+        devices = {n: self.drivers[n].identity for n in self.drivers}
+        station_id, destination = self.keys.station_id, self.config["record"]["destination"]
+
+        def job() -> dict:
+            started = time.perf_counter()
+            now = time.time_ns()
+            bundle = record.build(session, lambda name: self.store.capture(sid, name), record_id=record_id,
+                                  station_id=station_id, destination=destination, devices=devices, now_ns=now)
+            sealed = sealing.seal(bundle.data, record_id=record_id, content_type=record.CONTENT_TYPE,
+                                  signer=self.keys.signer, central=self.keys.central, created_ns=now)
+            closed = enrollment.finished(session, record_id, time.time_ns())
+            summary = bundle.summary()
+            figures = {"record": record_id, "fingers": summary["fingers"], "exceptions": summary["exceptions"],
+                       "force_captured": summary["force_captured"], "sealed_bytes": len(sealed)}
+            row = self.store.commit_record(
+                record_id, sid, record.CONTENT_TYPE, sealed, summary,
+                lambda tx: self._write_session(tx, closed, "station.enrollment.completed", figures, "session.finish"))
+            return {"record": record_id, "sealed_bytes": row.sealed_bytes, "sealed_sha256": row.sealed_sha256,
+                    "seconds": round(time.perf_counter() - started, 3), "closed": closed}
+
+        def finish(result: dict) -> dict:
+            closed = result.pop("closed")
+            self.sessions.pop(closed.session_id, None)
+            log.info("record %s sealed and committed (%d bytes)", record_id, result["sealed_bytes"])
+            return result
+
+        self._in_worker(request, session, job, finish)
+        return None
 
     def _cmd_cancel(self, request: Request) -> dict:
         session = self._session(request)
-        del self.sessions[session.session_id]
-        self.events.publish("session.cancelled", {"session": session.session_id}, name="enrollment")
+        reason = request.args.get("reason", "")
+        if not isinstance(reason, str) or len(reason) > 200:
+            raise SessionError("reason must be a short text", code="bad_request")
+        self._save(enrollment.cancelled(session, reason, time.time_ns()), "station.enrollment.session.cancelled",
+                   {"reason": reason or "cancelled by the operator"}, "session.cancel")
+        self._publish_journal()
         return {"cancelled": session.session_id}
+
+    def _cmd_events_since(self, request: Request) -> dict:
+        since, limit = request.args.get("since", 0), request.args.get("limit", JOURNAL_PAGE)
+        if type(since) is not int or since < 0 or type(limit) is not int or not 1 <= limit <= JOURNAL_PAGE:
+            raise StationError(f"events.since needs since (an integer >= 0) and limit (1..{JOURNAL_PAGE})",
+                               code="bad_request")
+        entries = self.store.journal_since(since, limit)
+        return {"events": [e.to_dict() for e in entries], "last_seq": self.store.last_seq()}
+
+    def _cmd_record_list(self, request: Request) -> dict:
+        return {"records": [r.to_dict() for r in self.store.records()]}
+
+    def _cmd_record_get(self, request: Request) -> None:
+        record_id = request.args.get("record")
+        if not isinstance(record_id, str):
+            raise StationError("record.get needs record: a record id", code="bad_request")
+        sealed = self.store.sealed(record_id)  # not_found for an unknown id
+        request.reply(self.store.get(record_id).to_dict(), [sealed])
+
+    # -- migration of schema-1 plaintext records --------------------------------------------
+    def _seal_legacy(self, record_id: str, manifest: dict[str, Any], files: dict[str, bytes]) -> bytes:
+        return sealing.seal(record.pack_legacy(manifest, files), record_id=record_id,
+                            content_type="application/vnd.station.legacy-record+zip", signer=self.keys.signer,
+                            central=self.keys.central)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -85,6 +85,10 @@ class Daemon:
         self._readers[socket] = callback
         self._poller.register(socket, zmq.POLLIN)
 
+    def remove_reader(self, socket: Any) -> None:
+        self._readers.pop(socket, None)
+        self._poller.unregister(socket)
+
     def set_state(self, state: str, detail: str = "") -> None:
         """Publish a device state change (ready, busy, offline, error) and tell systemd."""
         if (state, detail) == (self.state, self.detail):
@@ -248,5 +252,5 @@ def main_for(cls: type[Daemon], program: str, description: str, argv: Sequence[s
         return EX_CONFIG
     except StationError as exc:
         print(f"{program} {name}: {exc.message}", file=sys.stderr)
-        return 1
+        return getattr(exc, "exit_status", 1)
     return daemon.run()

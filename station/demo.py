@@ -26,13 +26,19 @@ import yaml
 import zmq
 
 from drivers.fingerprint.emulator_control import send_command
+from station import demographics, keyring
 from station.bus import CommandClient
 from station.errors import StationError
 from station.paths import Paths
 from station.store import RecordStore
 
-SURNAMES = ["NGUYEN", "TRAN", "LE", "PHAM", "HOANG", "ERIKSSON", "MARTIN", "DIALLO", "SILVA", "KOWALSKA"]
-GIVEN = ["ANNA", "MINH", "THI LAN", "JEAN", "AMINATA", "JOAO", "MARIA", "VAN NAM", "EWA", "LUCAS"]
+SURNAMES = ["Nguyễn", "Trần", "Lê", "Phạm", "Hoàng", "Huỳnh", "Phan", "Vũ", "Đặng", "Bùi", "Đỗ", "Ngô"]
+GIVEN = {"M": ["Văn Nam", "Minh Tuấn", "Quang Huy", "Đức Thắng", "Hữu Dũng", "Văn Hùng"],
+         "F": ["Thị Hương", "Thu Trang", "Ngọc Ánh", "Thị Lan", "Thị Mai", "Hương Giang"]}
+PLACES = ["Xã An Lư, Huyện Thủy Nguyên, Hải Phòng", "Phường Lạch Tray, Quận Ngô Quyền, Hải Phòng",
+          "Xã Tiên Cường, Huyện Tiên Lãng, Hải Phòng", "Phường Đằng Giang, Quận Ngô Quyền, Hải Phòng"]
+HAI_PHONG = "031"
+STATION_ID = "VN-HP-0001"
 READY_TIMEOUT_S = 60.0
 
 
@@ -84,7 +90,7 @@ class ApplicantResult:
     portrait: dict[str, Any] = field(default_factory=dict)
     fingers: int = 0
     events: list[str] = field(default_factory=list)
-    files: list[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)  # the exported ANSI/NIST-ITL transaction
     error: str = ""
 
 
@@ -110,13 +116,21 @@ def write_config(etc: Path, fingerprint_port: str) -> None:
 
 
 def make_applicant(rng: random.Random, number: int) -> dict[str, Any]:
+    """A Hải Phòng applicant with a structurally valid id number; every fourth one has only
+    a birth year on their old papers."""
+    sex = rng.choice("FM")
+    year = rng.randint(1950, 2008)
+    born = str(year) if number % 4 == 0 else f"{year}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}"
     return {
-        "surname": rng.choice(SURNAMES),
-        "given_names": rng.choice(GIVEN),
-        "sex": rng.choice("FM"),
-        "date_of_birth": f"{rng.randint(1950, 2008)}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}",
-        "document_number": f"{rng.randint(0, 999999999):09d}",
-        "demo_applicant": number,
+        "full_name": f"{rng.choice(SURNAMES)} {rng.choice(GIVEN[sex])}",
+        "date_of_birth": born,
+        "sex": sex,
+        "nationality": "VNM",
+        "id_number": demographics.make_id_number(HAI_PHONG, sex, year, rng.randrange(1_000_000)),
+        "place_of_origin": rng.choice(PLACES),
+        "place_of_residence": rng.choice(PLACES),
+        "ethnicity": "Kinh",
+        "religion": "Không",
     }
 
 
@@ -205,6 +219,25 @@ class Demo:
                 raise StationError(f"{process.name} exited with status {process.popen.returncode}:\n"
                                    f"{process.log_tail()}")
 
+    def provision(self) -> None:
+        """What a field engineer does once per station: central's public key (here a test
+        pair in the work directory; central keeps its private key) and the station's keys."""
+        self.central_key, central_pub = keyring.write_central_pair(self.workdir / "central")
+        keyring.provision(self.paths.keys, STATION_ID, central_pub.read_bytes())
+        self.say(f"  keys       station {STATION_ID} provisioned; records sealed to {central_pub}")
+
+    def export(self, record_id: str) -> str:
+        """Central's side: open the sealed record with central's private key and write its
+        ANSI/NIST-ITL transaction, through the same command an operator would use."""
+        out = self.workdir / "export" / f"{record_id}.an2"
+        out.parent.mkdir(exist_ok=True)
+        done = subprocess.run([str(scripts_dir() / "stationctl"), "--state", str(self.paths.state), "record",
+                               "export", record_id, "--key", str(self.central_key), "--out", str(out)],
+                              capture_output=True, text=True, env=self.env())
+        if done.returncode != 0:
+            raise StationError(f"export of record {record_id} failed: {done.stderr.strip()}", code="export_failed")
+        return str(out)
+
     def control(self) -> closing[CommandClient]:
         return closing(CommandClient(self.ctx, self.paths.cmd("controller"), name="controller"))
 
@@ -262,9 +295,16 @@ class Demo:
                     if finger["force_captured"]:
                         result.events.append(f"position {position}: force-captured after {finger['attempts']} "
                                              f"attempts (NFIQ 2 {finger['attempt_nfiq2']})")
+                if amputated:
+                    photo = step("exception_photo", "session.exception_photo", {"session": session})
+                    result.events.append(f"exception photo taken (score {photo['score']})")
+                review = step("review", "session.get", {"session": session})
+                if review["step"] != "review":
+                    raise StationError(f"session not ready for review: {review['step']}", code="demo")
                 done = step("finish", "session.finish", {"session": session})
-                result.record, result.files = done["record"], [str(Path(done["directory"]) / f) for f in done["files"]]
+                result.record = done["record"]
                 result.timings_s["total"] = round(time.monotonic() - started, 3)
+                result.files = [self.export(result.record)]
             except StationError as exc:
                 result.error = f"{exc.code}: {exc.message}"
         return result
@@ -276,6 +316,7 @@ class Demo:
         lost: list[str] = []
         codes: dict[str, int | None] = {}
         try:
+            self.provision()
             port = self.start_emulator()
             self.say(f"  emulator   fingerprint sensor on {port}")
             write_config(self.paths.etc, port)
@@ -300,7 +341,7 @@ class Demo:
         return 0 if ok else 1
 
     def report(self, r: ApplicantResult) -> None:
-        name = f"{r.applicant['surname']} {r.applicant['given_names']}"
+        name = r.applicant["full_name"]
         if r.error:
             self.say(f"  applicant {r.number}/{self.applicants} {name}: FAILED {r.error}")
             return
@@ -316,12 +357,13 @@ class Demo:
         problems = [f"applicant {r.number}: {r.error}" for r in self.results if r.error]
         if len(self.results) < self.applicants:
             problems.append(f"only {len(self.results)} of {self.applicants} applicants were enrolled")
-        store_root = self.paths.state / "store"
-        if store_root.exists():
-            store = RecordStore(store_root)
+        if (self.paths.store / "store.db").exists():
+            store = RecordStore.reader(self.paths.store)
             for r in self.results:
                 if r.record:
                     problems += store.verify(r.record)
+                    if not all(Path(f).is_file() for f in r.files):
+                        problems.append(f"record {r.record} was not exported")
             store.close()
         problems += [f"{name} exited with status {code} (see {self.logs}/{name}.log)"
                      for name, code in codes.items() if code not in (0, None)]
@@ -333,12 +375,16 @@ class Demo:
             "committed": sum(1 for r in self.results if r.record),
             "lost": len(problems),
             "problems": problems,
+            "station": STATION_ID,
             "paths": {"etc": str(self.paths.etc), "state": str(self.paths.state), "run": str(self.paths.run),
+                      "central_key": str(getattr(self, "central_key", "")),
                       "logs": {p.name: str(p.log_path) for p in self.processes}},
+            "exports": [f for r in self.results for f in r.files],
             "exit_codes": codes,
             "results": [
                 {"applicant": r.number, "session": r.session, "record": r.record, "error": r.error,
-                 "portrait": r.portrait, "fingers": r.fingers, "events": r.events, "timings_s": r.timings_s, "files": r.files}
+                 "portrait": {k: r.portrait.get(k) for k in ("score", "passed", "forced")}, "fingers": r.fingers,
+                 "events": r.events, "timings_s": r.timings_s, "export": r.files[0] if r.files else None}
                 for r in self.results
             ],
         }

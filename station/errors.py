@@ -12,6 +12,7 @@ class StationError(Exception):
 
     code = "error"
     retryable = False
+    details: dict | None = None  # structured findings a UI shows next to its fields
 
     def __init__(self, message: str, *, code: str | None = None, retryable: bool | None = None):
         super().__init__(message)
@@ -23,7 +24,10 @@ class StationError(Exception):
 
     def as_reply(self) -> dict:
         """The structured form sent over the bus: ``{code, message, retryable}``."""
-        return {"code": self.code, "message": self.message, "retryable": self.retryable}
+        reply = {"code": self.code, "message": self.message, "retryable": self.retryable}
+        if self.details:
+            reply["details"] = self.details
+        return reply
 
 
 class ConfigError(StationError):
@@ -64,8 +68,11 @@ class CommandError(StationError):
 
     @classmethod
     def from_reply(cls, error: dict) -> "CommandError":
-        return cls(
+        exc = cls(
             str(error.get("message", "")),
             code=str(error.get("code", "error")),
             retryable=bool(error.get("retryable", False)),
         )
+        if isinstance(error.get("details"), dict):
+            exc.details = error["details"]
+        return exc

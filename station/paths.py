@@ -32,6 +32,15 @@ class Paths:
             run=Path(run or env.get("STATION_RUN") or "/run/station"),
         )
 
+    @property
+    def keys(self) -> Path:
+        """The station's private keys and the central public key (0700)."""
+        return self.state / "keys"
+
+    @property
+    def store(self) -> Path:
+        return self.state / "store"
+
     def endpoint(self, name: str, suffix: str) -> str:
         """The ``ipc://`` endpoint of socket ``<name>.<suffix>`` under the runtime dir."""
         return f"ipc://{self.run / f'{name}.{suffix}'}"

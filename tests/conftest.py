@@ -30,3 +30,13 @@ def station_env(tmp_path, rundir, monkeypatch):
     monkeypatch.setenv("STATION_STATE", str(state))
     monkeypatch.setenv("STATION_RUN", str(rundir))
     return {"etc": etc, "state": state, "run": rundir, "env": dict(os.environ)}
+
+
+@pytest.fixture
+def provisioned(station_env):
+    """A provisioned station (keys in its state dir) and central's test key pair."""
+    from station import keyring
+
+    central_key, central_pub = keyring.write_central_pair(station_env["state"].parent / "central")
+    keyring.provision(station_env["state"] / "keys", "VN-HP-0001", central_pub.read_bytes())
+    return {**station_env, "central_key": central_key, "central_pub": central_pub}

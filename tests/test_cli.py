@@ -55,3 +55,78 @@ def test_face_check_reports_each_image(tmp_path):
     assert not dark["passed"] and "dark" in dark["hint"] and not dark["checks"]["exposure"]["passed"]
     assert dark["score"] < report["score"]
     assert "cannot read" in missing["error"]
+
+
+def test_provision_creates_private_keys_prints_public_ones_and_keeps_them(tmp_path):
+    from station import keyring
+
+    _key, central_pub = keyring.write_central_pair(tmp_path / "central")
+    state = tmp_path / "state"
+    first = stationctl("--state", str(state), "provision", "--station-id", "VN-HP-0042",
+                       "--central-key", str(central_pub))
+    assert first.returncode == 0, first.stderr
+    assert "VN-HP-0042" in first.stdout and "BEGIN PUBLIC KEY" in first.stdout and "PRIVATE" not in first.stdout
+    keys = state / "keys"
+    assert keys.stat().st_mode & 0o777 == 0o700
+    assert all(p.stat().st_mode & 0o777 == 0o600 for p in keys.iterdir())
+    before = (keys / keyring.STATION_PUB).read_bytes()
+    again = stationctl("--state", str(state), "provision", "--station-id", "VN-HP-0042")
+    assert again.returncode == 0 and (keys / keyring.STATION_PUB).read_bytes() == before
+    other = stationctl("--state", str(state), "provision", "--station-id", "VN-HP-0043")
+    assert other.returncode == 1 and "--rotate" in other.stderr and "Traceback" not in other.stderr
+    missing = stationctl("--state", str(tmp_path / "new"), "provision", "--station-id", "VN-HP-0044",
+                         "--central-key", str(tmp_path / "nope.pem"))
+    assert missing.returncode == 1 and "cannot read the central public key" in missing.stderr
+
+
+def test_record_tools_and_the_event_journal(provisioned, ctx):
+    """A committed record listed, opened with central's key, exported as ANSI/NIST-ITL; the
+    journal printed from a sequence number."""
+    import nistitl
+
+    from tests.station_harness import Station, applicant
+
+    station = Station(provisioned["env"], provisioned["state"], ctx, sensor=False,  # exceptions need no device
+                      policy={"finger_positions": [1, 2], "portrait_required": False, "exception_photo_required": False})
+    try:
+        station.start("controller")
+        station.wait_for(lambda: station.call("controller", "ping", timeout_s=0.5))
+        sid = station.call("controller", "session.start", {"applicant": applicant(11), "operator": "op3"})["session"]
+        for position in (1, 2):
+            station.call("controller", "session.exception", {"session": sid, "position": position, "reason": "XX"})
+        record_id = station.call("controller", "session.finish", {"session": sid})["record"]
+        env = provisioned["env"]
+
+        listed = stationctl("record", "list", env=env)
+        assert listed.returncode == 0, listed.stderr
+        (row,) = [json.loads(line) for line in listed.stdout.splitlines()]
+        assert row["record_id"] == record_id and row["summary"]["exceptions"] == {"1": "XX", "2": "XX"}
+        assert applicant(11)["full_name"] not in listed.stdout
+
+        opened = stationctl("record", "open", record_id, "--key", str(provisioned["central_key"]), env=env)
+        assert opened.returncode == 0, opened.stderr
+        summary = json.loads(opened.stdout)
+        assert summary["record"] == record_id and summary["station"] == "VN-HP-0001" and summary["operator"] == "op3"
+
+        out = provisioned["state"].parent / "r.an2"
+        exported = stationctl("record", "export", record_id, "--key", str(provisioned["central_key"]),
+                              "--out", str(out), env=env)
+        assert exported.returncode == 0, exported.stderr
+        assert out.stat().st_mode & 0o777 == 0o600
+        message = nistitl.Message()
+        message.parse(out.read_bytes())
+        assert message[0][9].value == record_id
+
+        wrong_key = provisioned["state"].parent / "other"
+        from station import keyring
+        other_key, _pub = keyring.write_central_pair(wrong_key)
+        refused = stationctl("record", "open", record_id, "--key", str(other_key), env=env)
+        assert refused.returncode == 1 and "Traceback" not in refused.stderr
+
+        events = stationctl("events", "--since", "1", env=env)
+        assert events.returncode == 0, events.stderr
+        lines = [json.loads(line) for line in events.stdout.splitlines()]
+        assert lines[0]["seq"] == 2 and [e["seq"] for e in lines] == list(range(2, 2 + len(lines)))
+        assert lines[-1]["topic"] == "station.enrollment.completed" and lines[-1]["body"]["record"] == record_id
+    finally:
+        station.stop()

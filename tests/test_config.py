@@ -96,7 +96,7 @@ def test_mappings_merge_key_by_key_lists_are_replaced(etc: Path) -> None:
     write(etc / "enrollment.yaml", "finger_positions: [2, 7]\n")
 
     controller = config.load("controller", etc=etc)
-    assert controller["store"] == {"retention_days": 7, "fsync": False}
+    assert controller["store"] == {"retention_days": 7, "fsync": False, "min_free_mb": 200}
     assert controller["drivers"] == {"camera": ["cam1", "cam2"], "fingerprint": ["fp0"]}
     assert config.load("enrollment", etc=etc)["finger_positions"] == [2, 7]
 
@@ -134,7 +134,7 @@ BAD_FILES = {
     "nested unknown key": (
         "controller", "store:\n  fsync: true\n  retension_days: 3\n",
         "{p}:3: unknown key 'store.retension_days' (did you mean 'retention_days'?; "
-        "allowed: fsync, retention_days)"),
+        "allowed: fsync, min_free_mb, retention_days)"),
     "wrong type": (
         "fingerprint", "baud: 57600\nport: 5\n",
         "{p}:2: port: expected a string, got integer 5"),
@@ -245,7 +245,7 @@ def test_overrides_are_parsed_as_yaml_and_merged_deeply(etc: Path) -> None:
 
     controller = config.load("controller", None, etc, ["drivers.camera=[cam0, cam1]", "store.fsync=false"])
     assert controller["drivers"] == {"camera": ["cam0", "cam1"], "fingerprint": ["fp0"]}
-    assert controller["store"] == {"retention_days": 30, "fsync": False}
+    assert controller["store"] == {"retention_days": 30, "fsync": False, "min_free_mb": 200}
 
 
 def test_bad_overrides_are_reported_as_command_line(etc: Path) -> None:

@@ -54,9 +54,9 @@ def start_controller(station_env, notify_path, watchdog_usec=None):
     return subprocess.Popen([str(BIN / "station-controller")], env=env, stderr=subprocess.PIPE)
 
 
-def test_notify_sequence_reload_and_clean_stop(station_env, notify_socket, ctx):
+def test_notify_sequence_reload_and_clean_stop(provisioned, notify_socket, ctx):
     path, sock = notify_socket
-    proc = start_controller(station_env, path, watchdog_usec=400_000)
+    proc = start_controller(provisioned, path, watchdog_usec=400_000)
     try:
         first = datagrams(sock, "READY=1")
         assert any("STATUS=ready" in d for d in first)
@@ -71,7 +71,7 @@ def test_notify_sequence_reload_and_clean_stop(station_env, notify_socket, ctx):
         time.sleep(0.3)  # let the subscription reach the publisher
 
         # a valid change is applied live
-        (station_env["etc"] / "controller.yaml").write_text("command_timeout_s: 7\n")
+        (provisioned["etc"] / "controller.yaml").write_text("command_timeout_s: 7\n")
         proc.send_signal(signal.SIGHUP)
         reload = datagrams(sock, "READY=1")
         assert "RELOADING=1" in reload[0]
@@ -80,7 +80,7 @@ def test_notify_sequence_reload_and_clean_stop(station_env, notify_socket, ctx):
         assert msg.event == "config.applied"
 
         # an invalid one is rejected, says why, and the running config stays
-        (station_env["etc"] / "controller.yaml").write_text("command_timeout_s: -3\nbogus: 1\n")
+        (provisioned["etc"] / "controller.yaml").write_text("command_timeout_s: -3\nbogus: 1\n")
         proc.send_signal(signal.SIGHUP)
         reload = datagrams(sock, "READY=1")
         assert "RELOADING=1" in reload[0]
