@@ -21,17 +21,21 @@ from typing import Any, Callable, Iterable, Sequence
 
 import zmq
 
+import jsonschema
+import orjson
+
 from station.envelope import (
     ENVELOPE_VERSION,
     MalformedMessage,
     Message,
     decode,
+    decode_request,
     dump_json,
     encode,
     make_header,
     topic_for,
 )
-from station.errors import CommandError, DeadlineExceeded, StationError
+from station.errors import BadRequest, CommandError, DeadlineExceeded, StationError
 
 log = logging.getLogger("station.bus")
 
@@ -39,6 +43,8 @@ EVENT_HWM = 1000
 FRAME_HWM = 2
 HEARTBEAT_S = 1.0
 OFFLINE_AFTER_S = 3.0
+# The largest request a command socket accepts: commands carry arguments, never images.
+MAX_REQUEST_BYTES = 256 * 1024
 
 
 def bind(socket: zmq.Socket, endpoint: str) -> None:
@@ -286,10 +292,7 @@ class Request:
             return
         self.done = True
         self._server._pending.pop(self.corr, None)
-        header = {"v": ENVELOPE_VERSION, "corr": self.corr, "cmd": self.cmd, **body}
-        self._server.socket.send_multipart(
-            [self.identity, dump_json(header), *payloads], copy=False
-        )
+        self._server.send(self.identity, self.corr, self.cmd, body, payloads)
 
 
 Handler = Callable[[Request], "dict | None"]
@@ -303,20 +306,34 @@ class CommandServer:
     produces that structured error; any other exception is logged with its traceback and
     answered as ``internal`` — it never kills the daemon. A kept request still open at its
     deadline is answered with ``deadline_exceeded`` by ``expire()``.
+
+    Nothing a sender puts on the socket can cost more than its own decoding: messages over
+    ``max_bytes`` are refused by libzmq itself, every other message is answered if it
+    carries a usable correlation id (``bad_request`` saying what is wrong, the arguments
+    checked against the command's schema) and otherwise counted by reason and dropped, and
+    no exception leaves ``handle_ready``.
     """
 
-    def __init__(self, ctx: zmq.Context, endpoint: str, *, name: str):
+    def __init__(self, ctx: zmq.Context, endpoint: str, *, name: str, max_bytes: int = MAX_REQUEST_BYTES):
         check_tcp_secured(endpoint, curve=False)
         self.name = name
         self.socket = ctx.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.setsockopt(zmq.MAXMSGSIZE, max_bytes)
         bind(self.socket, endpoint)
         self.handlers: dict[str, Handler] = {}
+        self.validators: dict[str, jsonschema.protocols.Validator] = {}
         self._pending: dict[str, Request] = {}
-        self.malformed = 0
+        self.malformed: dict[str, int] = {}
 
-    def register(self, cmd: str, handler: Handler) -> None:
+    def register(self, cmd: str, handler: Handler, args: dict[str, dict] | None = None,
+                 required: Sequence[str] = ()) -> None:
+        """``args``: a JSON Schema per argument the command takes; unknown arguments and
+        missing ``required`` ones are refused with ``bad_request`` naming them."""
+        schema = {"type": "object", "additionalProperties": False, "properties": args or {},
+                  "required": list(required)}
         self.handlers[cmd] = handler
+        self.validators[cmd] = jsonschema.Draft202012Validator(schema)
 
     def pending(self) -> list[Request]:
         return list(self._pending.values())
@@ -325,37 +342,58 @@ class CommandServer:
         """Serve every request already waiting on the socket, without blocking."""
         while self.socket.poll(0):
             frames = self.socket.recv_multipart()
-            self._dispatch(frames)
+            try:
+                self._dispatch(frames)
+            except Exception as exc:  # one message never reaches the main loop, whatever it is
+                self._count("dispatch_failed", repr(exc)[:200])
+
+    def _count(self, reason: str, detail: str = "") -> None:
+        count = self.malformed[reason] = self.malformed.get(reason, 0) + 1
+        if count == 1:
+            log.warning("%s: dropped a malformed request (%s: %s); further ones are only counted",
+                        self.name, reason, detail)
+
+    def send(self, identity: bytes, corr: str, cmd: str | None, body: dict, payloads: Sequence[Any] = ()) -> None:
+        header = {"v": ENVELOPE_VERSION, "corr": corr, **({"cmd": cmd} if cmd else {}), **body}
+        try:
+            raw = dump_json(header)
+        except (TypeError, orjson.JSONEncodeError) as exc:  # a handler's result that JSON cannot carry
+            log.error("%s: reply to '%s' does not encode: %s", self.name, cmd, exc)
+            error = {"code": "internal", "retryable": False, "message": f"{self.name}: the reply to '{cmd}' "
+                     "could not be encoded; this is a bug, see the daemon's log"}
+            raw, payloads = dump_json({"v": ENVELOPE_VERSION, "corr": corr, "ok": False, "error": error}), ()
+        self.socket.send_multipart([identity, raw, *payloads], copy=False)
+
+    def _refuse(self, identity: bytes, corr: str, cmd: str | None, message: str) -> None:
+        self.send(identity, corr, cmd, {"ok": False, "error": BadRequest(f"{self.name}: {message}").as_reply()})
 
     def _dispatch(self, frames: list[bytes]) -> None:
         if len(frames) < 2:
-            self.malformed += 1
+            self._count("too_few_frames")
             return
         identity, raw, payloads = frames[0], frames[1], frames[2:]
         try:
-            header = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
-            header = None
-        if not (isinstance(header, dict) and isinstance(header.get("cmd"), str)
-                and isinstance(header.get("corr"), str) and isinstance(header.get("deadline_ns"), int)):
-            self.malformed += 1
-            if self.malformed == 1:
-                log.warning("%s: dropped malformed request; further ones are only counted", self.name)
-            if isinstance(header, dict) and isinstance(header.get("corr"), str):
-                error = {"code": "bad_request", "retryable": False,
-                         "message": f"{self.name}: a request needs cmd, corr and deadline_ns"}
-                body = {"v": ENVELOPE_VERSION, "corr": header["corr"], "ok": False, "error": error}
-                self.socket.send_multipart([identity, dump_json(body)])
+            header = decode_request(raw)
+        except MalformedMessage as exc:
+            self._count(exc.reason, str(exc))
+            if exc.corr is not None:
+                self._refuse(identity, exc.corr, None, f"malformed request ({exc})")
+            return
+        cmd, corr = header["cmd"], header["corr"]
+        handler = self.handlers.get(cmd)
+        if handler is None:
+            known = ", ".join(sorted(self.handlers))
+            self.send(identity, corr, cmd, {"ok": False, "error": StationError(
+                f"{self.name}: unknown command '{cmd}' (known: {known})", code="unknown_command").as_reply()})
+            return
+        problems = [f"{'.'.join(map(str, e.absolute_path)) or 'args'}: {e.message[:200]}"
+                    for e in self.validators[cmd].iter_errors(header.get("args") or {})]
+        if problems:
+            self._refuse(identity, corr, cmd, f"bad arguments to '{cmd}': {'; '.join(problems[:5])}")
             return
         request = Request(self, identity, header, payloads)
         if request.remaining_s <= 0:
             request.fail(DeadlineExceeded(f"{self.name}: request '{request.cmd}' arrived after its deadline"))
-            return
-        handler = self.handlers.get(request.cmd)
-        if handler is None:
-            known = ", ".join(sorted(self.handlers))
-            request.fail(StationError(f"{self.name}: unknown command '{request.cmd}' (known: {known})",
-                                      code="unknown_command"))
             return
         self._pending[request.corr] = request
         try:
@@ -365,7 +403,8 @@ class CommandServer:
             return
         except Exception as exc:  # a bug in one handler must not take the daemon down
             log.exception("%s: command '%s' failed", self.name, request.cmd)
-            request.fail(StationError(f"{self.name}: internal error in '{request.cmd}': {exc}", code="internal"))
+            request.fail(StationError(f"{self.name}: internal error in '{request.cmd}': {exc!r}"[:500],
+                                      code="internal"))
             return
         if result is not None:
             request.reply(result)

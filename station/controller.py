@@ -78,22 +78,32 @@ class Controller(Daemon):
         self._snapshot_client: dict[str, CommandClient] = {}
         self._resync_at: dict[str, float] = {}  # driver -> when to ask its snapshot
         self._connect_drivers(self.config)
-        for cmd, handler in {
-            "status": self._cmd_status,
-            "session.start": self._cmd_start,
-            "session.get": self._cmd_get,
-            "session.list": self._cmd_list,
-            "session.portrait": self._cmd_portrait,
-            "session.exception_photo": self._cmd_exception_photo,
-            "session.finger": self._cmd_finger,
-            "session.exception": self._cmd_exception,
-            "session.finish": self._cmd_finish,
-            "session.cancel": self._cmd_cancel,
-            "events.since": self._cmd_events_since,
-            "record.list": self._cmd_record_list,
-            "record.get": self._cmd_record_get,
-        }.items():
-            self.commands.register(cmd, handler)
+        session = {"session": {"type": "string", "pattern": "^[0-9a-f]{16}$"}}
+        position = {"position": {"type": "integer", "minimum": 1, "maximum": 10}}
+        for cmd, handler, args, required in (
+            ("status", self._cmd_status, None, ()),
+            ("session.start", self._cmd_start, {"applicant": {"type": "object", "maxProperties": 32},
+                                                "operator": {"type": "string", "minLength": 1, "maxLength": 64}},
+             ("applicant", "operator")),
+            ("session.get", self._cmd_get, session, ("session",)),
+            ("session.list", self._cmd_list, None, ()),
+            ("session.portrait", self._cmd_portrait, session, ("session",)),
+            ("session.exception_photo", self._cmd_exception_photo, session, ("session",)),
+            ("session.finger", self._cmd_finger, {**session, **position}, ("session", "position")),
+            ("session.exception", self._cmd_exception,
+             {**session, **position, "reason": {"type": "string", "pattern": "^[A-Z]{2}$"}},
+             ("session", "position", "reason")),
+            ("session.finish", self._cmd_finish, session, ("session",)),
+            ("session.cancel", self._cmd_cancel, {**session, "reason": {"type": "string", "maxLength": 200}},
+             ("session",)),
+            ("events.since", self._cmd_events_since,
+             {"since": {"type": "integer", "minimum": 0},
+              "limit": {"type": "integer", "minimum": 1, "maximum": JOURNAL_PAGE}}, ()),
+            ("record.list", self._cmd_record_list, None, ()),
+            ("record.get", self._cmd_record_get, {"record": {"type": "string", "pattern": "^[0-9a-f]{32}$"}},
+             ("record",)),
+        ):
+            self.commands.register(cmd, handler, args, required)
 
     def load_config(self) -> dict[str, Any]:
         """The controller's file and the enrollment policy, applied (or rejected) together."""
@@ -196,12 +206,10 @@ class Controller(Daemon):
         self.store.close()
 
     # -- persistence: every transition is stored, journaled and audited, then answered ------
-    def _journal(self, topic: str, body: dict[str, Any], actor: str = "system", action: str = "",
-                 **audit: Any) -> None:
+    def _journal(self, topic: str, body: dict[str, Any]) -> None:
+        """An event that changes no session (a driver came or went, a finger attempt)."""
         with self.store.transaction() as tx:
             tx.journal(topic, body)
-            if action:
-                tx.audit(actor, action, **audit)
         self._publish_journal()
 
     def _write_session(self, tx: Tx, session: Session, topic: str, body: dict[str, Any], action: str,
@@ -219,13 +227,15 @@ class Controller(Daemon):
 
     def _save(self, session: Session, topic: str, body: dict[str, Any], action: str,
               captures: dict[str, bytes] | None = None, actor: str = "") -> None:
-        """``actor``: who did it, when not the session's operator (``system`` for expiry)."""
+        """A transition from the main loop, then its event published. ``actor``: who did it,
+        when not the session's operator (``system`` for expiry)."""
         with self.store.transaction() as tx:
             self._write_session(tx, session, topic, body, action, captures, actor)
         if session.status == enrollment.OPEN:
             self.sessions[session.session_id] = session
         else:
             self.sessions.pop(session.session_id, None)
+        self._publish_journal()
 
     def _publish_journal(self) -> None:
         """Publish committed journal entries in sequence order, from the main thread."""
@@ -246,7 +256,6 @@ class Controller(Daemon):
                            {"reason": "idle"}, "session.expired", actor="system")
                 log.info("session %s expired after %d s idle; its captures are destroyed", session.session_id,
                          session.policy["session_expiry_s"])
-        self._publish_journal()
 
     # -- commands ---------------------------------------------------------------------------
     def _cmd_status(self, request: Request) -> dict:
@@ -277,10 +286,8 @@ class Controller(Daemon):
         return name
 
     def _cmd_start(self, request: Request) -> dict:
-        operator = request.args.get("operator")
-        if not isinstance(operator, str) or not operator or len(operator) > 64:
-            raise SessionError("session.start needs operator: the signed-in operator's id", code="bad_request")
-        applicant = demographics.validate(request.args.get("applicant"))
+        operator = request.args["operator"]
+        applicant = demographics.validate(request.args["applicant"])
         floor = self.config["store"]["min_free_mb"]
         free_mb = self.store.free_bytes() // 2**20
         if free_mb < floor:
@@ -290,7 +297,6 @@ class Controller(Daemon):
         now = time.time_ns()
         session = enrollment.start(secrets.token_hex(8), operator, applicant, self.policy, now)
         self._save(session, "station.enrollment.session.started", {"operator": operator}, "session.start")
-        self._publish_journal()
         return session.view()
 
     def _cmd_get(self, request: Request) -> dict:
@@ -305,15 +311,21 @@ class Controller(Daemon):
         return {"sessions": [s.view() for s in sorted(self.sessions.values(), key=lambda s: s.started_ns)]}
 
     def _in_worker(self, request: Request, session: Session, job: Callable[[], Any],
-                   finish: Callable[[Any], dict]) -> None:
+                   finish: Callable[[Any], dict], *, committed_by_job: bool = False) -> None:
         """Run ``job`` (blocking calls to drivers, sealing) in the worker; persist and answer
-        from the main loop."""
+        from the main loop. A capture that completes after its request's deadline is
+        discarded (the officer was already told it failed); a job that committed by itself
+        (``committed_by_job``) is always taken in, answered or not."""
         sid = session.session_id
 
         def done(result: Any, error: BaseException | None) -> None:
             self.busy.discard(sid)
             if error is None and request.done:
-                log.warning("%s for session %s completed after its deadline: discarded", request.cmd, sid)
+                if committed_by_job:
+                    finish(result)
+                    self._publish_journal()
+                else:
+                    log.warning("%s for session %s completed after its deadline: discarded", request.cmd, sid)
                 return
             if error is None:
                 try:
@@ -453,7 +465,6 @@ class Controller(Daemon):
         position = request.args["position"]
         self._save(updated, "station.enrollment.finger.exception",
                    {"position": position, "reason": request.args["reason"]}, "session.exception")
-        self._publish_journal()
         return {"position": position, "reason": request.args["reason"], "session": updated.view()}
 
     def _cmd_finish(self, request: Request) -> dict | None:
@@ -491,24 +502,18 @@ class Controller(Daemon):
             log.info("record %s sealed and committed (%d bytes)", record_id, result["sealed_bytes"])
             return result
 
-        self._in_worker(request, session, job, finish)
+        self._in_worker(request, session, job, finish, committed_by_job=True)
         return None
 
     def _cmd_cancel(self, request: Request) -> dict:
         session = self._session(request)
         reason = request.args.get("reason", "")
-        if not isinstance(reason, str) or len(reason) > 200:
-            raise SessionError("reason must be a short text", code="bad_request")
         self._save(enrollment.cancelled(session, reason, time.time_ns()), "station.enrollment.session.cancelled",
                    {"reason": reason or "cancelled by the operator"}, "session.cancel")
-        self._publish_journal()
         return {"cancelled": session.session_id}
 
     def _cmd_events_since(self, request: Request) -> dict:
         since, limit = request.args.get("since", 0), request.args.get("limit", JOURNAL_PAGE)
-        if type(since) is not int or since < 0 or type(limit) is not int or not 1 <= limit <= JOURNAL_PAGE:
-            raise StationError(f"events.since needs since (an integer >= 0) and limit (1..{JOURNAL_PAGE})",
-                               code="bad_request")
         entries = self.store.journal_since(since, limit)
         return {"events": [e.to_dict() for e in entries], "last_seq": self.store.last_seq()}
 
@@ -516,9 +521,7 @@ class Controller(Daemon):
         return {"records": [r.to_dict() for r in self.store.records()]}
 
     def _cmd_record_get(self, request: Request) -> None:
-        record_id = request.args.get("record")
-        if not isinstance(record_id, str):
-            raise StationError("record.get needs record: a record id", code="bad_request")
+        record_id = request.args["record"]
         sealed = self.store.sealed(record_id)  # not_found for an unknown id
         request.reply(self.store.get(record_id).to_dict(), [sealed])
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import time
@@ -25,7 +26,7 @@ from typing import Any, Callable, Sequence
 
 import zmq
 
-from station import config, logs
+from station import config, locks, logs
 from station.bus import HEARTBEAT_S, CommandServer, Publisher, Request
 from station.envelope import new_boot_id
 from station.errors import ConfigError, StationError
@@ -46,6 +47,10 @@ class Daemon:
         self.overrides = list(overrides)
         self.log = logging.getLogger(f"{self.kind}.{name}")
         self.config: dict[str, Any] = self.load_config()
+        # Before any socket: a second copy started by mistake must not take over the first's
+        # socket paths (binding an ipc path replaces it for every new peer).
+        self._instance_lock = locks.hold(paths.run / f"{name}.lock",
+                                         f"instance {name!r} of {self.kind} in {paths.run}")
         self.boot = new_boot_id()
         self.ctx = zmq.Context()
         self.notifier = Notifier()
@@ -197,6 +202,7 @@ class Daemon:
                     publisher.close()
                 self.commands.close()
                 self.ctx.term()
+                os.close(self._instance_lock)
                 self.log.info("stopped")
         return 0
 

@@ -9,6 +9,7 @@ subscriber counts, logs once and drops.
 """
 from __future__ import annotations
 
+import re
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -32,11 +33,13 @@ def dump_json(value: Any) -> bytes:
 
 
 class MalformedMessage(ValueError):
-    """A message that does not follow the envelope; ``reason`` is a short, countable key."""
+    """A message that does not follow the envelope; ``reason`` is a short, countable key.
+    ``corr`` is the correlation id of a request that could still be answered."""
 
-    def __init__(self, reason: str, detail: str = ""):
+    def __init__(self, reason: str, detail: str = "", corr: str | None = None):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
+        self.corr = corr
 
 
 def new_boot_id() -> str:
@@ -163,3 +166,45 @@ def image_fields(image: Any, encoding: str) -> dict[str, Any]:
     """Header fields for a raw numpy image (``bgr8`` or ``gray8``)."""
     height, width = image.shape[:2]
     return {"width": int(width), "height": int(height), "encoding": encoding, "step": int(image.strides[0])}
+
+
+# -- requests (the command sockets) ---------------------------------------------------------
+# A correlation id is what a reply is matched on, so only a plain, bounded one is echoed:
+# a reply must never fail to encode because of what the sender put there.
+CORR_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+CMD_PATTERN = re.compile(r"[a-z][a-z0-9_.]{0,63}")
+_CORR_SCAN = re.compile(rb'"corr"\s*:\s*"([A-Za-z0-9_.:-]{1,64})"')
+CORR_SCAN_BYTES = 4096
+
+
+def scan_corr(raw: bytes) -> str | None:
+    """The correlation id of a request whose header does not decode (too deep, bad
+    encoding, truncated): a bounded scan of its first bytes, so it can still be answered."""
+    match = _CORR_SCAN.search(raw[:CORR_SCAN_BYTES])
+    return match.group(1).decode("ascii") if match else None
+
+
+def decode_request(raw: bytes) -> dict[str, Any]:
+    """A request header ``{v, corr, cmd, deadline_ns, args}``, checked; raises
+    ``MalformedMessage`` (with ``corr`` when one was found) for anything else. Costs no more
+    than decoding: orjson refuses nesting deeper than 1024 and invalid UTF-8 itself."""
+    if len(raw) > MAX_HEADER_BYTES:
+        raise MalformedMessage("header_too_large", f"{len(raw)} bytes", scan_corr(raw))
+    try:
+        header = orjson.loads(raw)
+    except (orjson.JSONDecodeError, RecursionError):
+        raise MalformedMessage("bad_json", "not a JSON document", scan_corr(raw)) from None
+    if not isinstance(header, dict):
+        raise MalformedMessage("bad_header", "not a JSON object", scan_corr(raw))
+    corr = header.get("corr")
+    if not isinstance(corr, str) or not CORR_PATTERN.fullmatch(corr):
+        raise MalformedMessage("bad_corr", "corr must be 1-64 of A-Z a-z 0-9 _ . : -")
+    cmd = header.get("cmd")
+    if not isinstance(cmd, str) or not CMD_PATTERN.fullmatch(cmd):
+        raise MalformedMessage("bad_cmd", "cmd must be a command name such as session.start", corr)
+    deadline = header.get("deadline_ns")
+    if type(deadline) is not int or deadline <= 0:
+        raise MalformedMessage("bad_deadline", "deadline_ns must be a positive integer (ns since the epoch)", corr)
+    if not isinstance(header.get("args", {}), dict):
+        raise MalformedMessage("bad_args", "args must be a JSON object", corr)
+    return header

@@ -30,6 +30,12 @@ class StationError(Exception):
         return reply
 
 
+class BadRequest(StationError):
+    """The request is malformed or an argument is wrong; the message names which."""
+
+    code = "bad_request"
+
+
 class ConfigError(StationError):
     """A configuration file is invalid; ``problems`` lists each finding (file:line: key: why)."""
 
@@ -76,3 +82,63 @@ class CommandError(StationError):
         if isinstance(error.get("details"), dict):
             exc.details = error["details"]
         return exc
+
+
+# Every code a peer may read in an error reply, and what it tells the caller. One set, so a
+# console can translate each and a test can hold raise sites to it. ``fingerprint_<name>``
+# codes are the sensor's own confirmation codes (drivers/fingerprint/protocol.py).
+CODES: dict[str, str] = {
+    # requests
+    "bad_request": "the request or one of its arguments is wrong; the message names it",
+    "unknown_command": "the daemon has no such command; the message lists those it has",
+    "deadline_exceeded": "the request did not complete before its deadline",
+    "stopping": "the daemon is shutting down; ask again once it is back",
+    "internal": "a bug; the daemon's log has the traceback",
+    "busy": "the device or session is busy with another request; retry shortly",
+    "command_failed": "a command failed on the remote side",
+    "error": "an error without a more specific code",
+    "insecure": "refused: plain TCP without CURVE",
+    # configuration and keys
+    "config_invalid": "a configuration file is invalid; each problem names file, line and key",
+    "not_provisioned": "station keys or central's public key are missing: run stationctl provision",
+    "bad_permissions": "a private key file is readable by others or is a link",
+    "bad_station_id": "not a valid station id",
+    "station_id_conflict": "the keys belong to another station id (use --rotate to re-key)",
+    "bad_key": "a key file does not hold the expected keys",
+    "keyring_error": "the key directory cannot be used",
+    "keyring_io": "the key directory cannot be written",
+    "capture_corrupt": "an encrypted capture does not decrypt (wrong key or damaged)",
+    # devices
+    "device_error": "the device failed or is absent (unplugged, silent)",
+    "protocol_error": "bytes on the wire did not follow the protocol",
+    "driver_offline": "the driver daemon is not running or not heard from",
+    "cancelled": "the operator cancelled the capture",
+    "no_finger": "no finger was placed in time",
+    "no_fingerprint": "the image holds no usable fingerprint; place the finger again",
+    "no_face": "no usable face was seen in time",
+    "biometrics_failed": "the biometric library failed on an image",
+    "bad_template": "a fingerprint template is not ISO/IEC 19794-2",
+    # sessions
+    "no_session": "no open session with that id",
+    "session_error": "the session cannot do that now",
+    "session_closed": "the session has ended (finished, cancelled or expired)",
+    "wrong_step": "not at this step of the session; the message says what is next",
+    "incomplete": "the session lacks a capture; the message says which",
+    "duplicate_finger": "the finger matches another position of the applicant",
+    "invalid_demographics": "an applicant field is wrong; details.problems names each",
+    "disk_low": "free disk below the configured floor; no new session",
+    # records and the store
+    "store_error": "the store could not be read or written",
+    "store_busy": "another process holds the store's writer lock",
+    "not_found": "no record with that id",
+    "record_corrupt": "a stored record does not match its hash",
+    "capture_missing": "a session capture is missing from the store",
+    "bad_record": "a record cannot be built from what was given",
+    "bad_seal": "a sealed record is invalid",
+    "bad_format": "a sealed record does not follow the envelope format",
+    "bad_input": "refused to seal: bad record id, content type or size",
+    "bad_signature": "a station signature does not verify",
+    "wrong_station": "the record is not signed by the station it names",
+    "hash_mismatch": "a sealed record's content does not match its signed hashes",
+    "decrypt_failed": "the record is sealed to another central key, or damaged",
+}

@@ -17,7 +17,6 @@ only it runs recovery and migrations; others open the store read-only and touch 
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -30,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol
 
+from station import locks
 from station.errors import StationError
 
 SCHEMA_VERSION = 2
@@ -85,6 +85,11 @@ CREATE TABLE IF NOT EXISTS audit (
 
 class StoreError(StationError):
     code = "store_error"
+
+
+class StoreBusy(StoreError):
+    code = "store_busy"
+    exit_status = locks.EX_TEMPFAIL
 
 
 class Cipher(Protocol):
@@ -253,19 +258,10 @@ class RecordStore:
 
     # -- the single writer ------------------------------------------------------------------
     def _take_writer_lock(self) -> None:
-        fd = os.open(self.root / "writer.lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            error = StoreError(f"the record store {self.root} is in use by another process (pid {holder}); "
-                               "stop it first, or open the store read-only", code="store_busy")
-            error.exit_status = 75  # EX_TEMPFAIL: another instance runs; systemd may try again later
-            raise error from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-        self._lock_fd = fd
+            self._lock_fd = locks.hold(self.root / "writer.lock", f"the record store {self.root}")
+        except locks.AlreadyRunning as exc:
+            raise StoreBusy(f"{exc.message}; stop it first, or open the store read-only") from None
 
     def _release_writer_lock(self) -> None:
         if self._lock_fd is not None:

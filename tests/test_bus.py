@@ -183,7 +183,8 @@ def server(ctx, rundir):
     def crash(request):
         raise ZeroDivisionError("bug")
 
-    srv.register("echo", lambda r: {"args": r.args, "n": len(r.payloads)})
+    srv.register("echo", lambda r: {"args": r.args, "n": len(r.payloads)},
+                 {"a": {"type": "integer"}, "first": {"type": "boolean"}, "second": {"type": "boolean"}})
     srv.register("fail", fail)
     srv.register("crash", crash)
     srv.register("slow", lambda r: kept.append(r))
@@ -264,10 +265,10 @@ def test_malformed_request_is_dropped_or_answered(ctx, rundir, server):
     raw.send_multipart([b"garbage"])
     raw.send_multipart([json.dumps({"corr": "c1"}).encode()])
     deadline = time.monotonic() + 3
-    while srv.malformed < 2 and time.monotonic() < deadline:
+    while sum(srv.malformed.values()) < 2 and time.monotonic() < deadline:
         if srv.socket.poll(50):
             srv.handle_ready()
-    assert srv.malformed == 2
+    assert srv.malformed == {"bad_json": 1, "bad_cmd": 1}
     assert raw.poll(1000)
     reply = json.loads(raw.recv())
     assert reply["corr"] == "c1" and reply["error"]["code"] == "bad_request"

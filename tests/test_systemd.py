@@ -29,7 +29,7 @@ SCRIPTS_DIR = Path(sys.executable).parent
 SERVICES = {
     "station-camerad@.service": ("station-camerad@cam0.service", 1.5),
     "station-fingerprintd@.service": ("station-fingerprintd@fp0.service", 1.5),
-    "station-controller.service": ("station-controller.service", 2.5),
+    "station-controller.service": ("station-controller.service", 1.0),
 }
 UNIT_FILES = [*SERVICES, "station.target"]
 INSTALL_HINT = "install Debian package 'systemd' (and 'procps' for /bin/kill)"

@@ -68,7 +68,8 @@ class CameraDaemon(Daemon):
         self.frame_requests: list[Request] = []
         self.frames_read = 0
         self.accepted: dict[str, Any] = {}
-        self.commands.register("capture", self._cmd_capture)
+        self.commands.register("capture", self._cmd_capture, {
+            "mode": {"enum": ["icao", "exception"]}, "timeout_s": {"type": "number", "minimum": 0.5, "maximum": 600}})
         self.commands.register("frame", self._cmd_frame)
 
     @staticmethod

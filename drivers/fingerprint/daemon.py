@@ -70,7 +70,8 @@ class FingerprintDaemon(Daemon):
         self._cancel = threading.Event()
         self.system_parameters: dict[str, Any] = {}
         self.captures = 0
-        self.commands.register("capture", self._cmd_capture)
+        self.commands.register("capture", self._cmd_capture,
+                               {"position": {"type": "integer", "minimum": 0, "maximum": 15}}, ("position",))
         self.commands.register("cancel", self._cmd_cancel)
 
     # -- device lifecycle -------------------------------------------------------------------

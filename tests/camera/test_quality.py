@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import cv2
 import pytest
@@ -94,18 +93,3 @@ def test_grey_frames_are_analysed(scene, analyzer):
     grey = cv2.cvtColor(scene.render(SceneParams(), 0), cv2.COLOR_BGR2GRAY)
     report = analyzer.analyze(grey)
     assert report.passed and report.checks["yaw"].value is None
-
-
-def test_analysis_rate_at_720p_on_one_core(scene, analyzer):
-    frames = [scene.render(SceneParams(x=0.5 + 0.01 * (i % 5), roll_deg=i % 3), i) for i in range(40)]
-    threads = cv2.getNumThreads()
-    cv2.setNumThreads(1)
-    try:
-        analyzer.analyze(frames[0])
-        start = time.perf_counter()
-        for frame in frames:
-            analyzer.analyze(frame)
-        fps = len(frames) / (time.perf_counter() - start)
-    finally:
-        cv2.setNumThreads(threads)
-    assert fps >= 30, f"{fps:.1f} frames/s"
