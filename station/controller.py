@@ -16,7 +16,8 @@ Commands on ``controller.cmd`` (operators, the console, the demo, ``stationctl``
 ``session.finger {session, position}``           -> the kept impression's scores
 ``session.exception {session, position, reason}`` / ``session.exception_photo {session}``
 ``session.finish {session}``                     -> ``{record}`` once sealed and committed
-``session.cancel {session, reason}``, ``events.since {since, limit}``, ``record.list``,
+``session.cancel {session, reason}``, ``session.abort {session}`` (stop the capture under
+way), ``events.since {since, limit}``, ``record.list``,
 ``record.get {record}`` (the sealed envelope as payload), ``status``
 
 Slow work (driver calls, WSQ, signing, sealing, the fsynced commit) runs in a worker
@@ -35,7 +36,7 @@ from station.bus import CommandClient, Reply, Request, Subscriber
 from station.daemon import Daemon, main_for
 from station.enrollment import Finger, Photo, Session, SessionError
 from station.envelope import Message
-from station.errors import CommandError, StationError
+from station.errors import CommandError, DeadlineExceeded, StationError
 from station.paths import Paths
 from station.store import RecordStore, Tx
 from station.worker import Worker
@@ -44,6 +45,7 @@ log = logging.getLogger("station.controller")
 
 JOURNAL_PAGE = 500
 EXPIRY_CHECK_S = 1.0
+ABORT_TIMEOUT_S = 0.5  # a running driver answers cancel at once
 
 
 @dataclass
@@ -96,6 +98,7 @@ class Controller(Daemon):
             ("session.finish", self._cmd_finish, session, ("session",)),
             ("session.cancel", self._cmd_cancel, {**session, "reason": {"type": "string", "maxLength": 200}},
              ("session",)),
+            ("session.abort", self._cmd_abort, session, ("session",)),
             ("events.since", self._cmd_events_since,
              {"since": {"type": "integer", "minimum": 0},
               "limit": {"type": "integer", "minimum": 1, "maximum": JOURNAL_PAGE}}, ()),
@@ -346,13 +349,23 @@ class Controller(Daemon):
         self.worker.submit(job, done)
 
     def _call_driver(self, request: Request, driver: str, cmd: str, args: dict) -> Reply:
-        """One command to a driver, from the worker thread, within the operator's deadline."""
+        """One command to a driver, from the worker thread, within the operator's deadline.
+        A driver that does not answer in time is told to stop the work it started."""
         timeout = min(float(self.config["capture_timeout_s"]), max(request.remaining_s - 0.5, 0.5))
         client = CommandClient(self.ctx, self.paths.cmd(driver), name=driver)
         try:
             return client.call(cmd, args, timeout_s=timeout)
+        except DeadlineExceeded:
+            self._cancel_driver(client, driver, float(self.config["command_timeout_s"]))
+            raise
         finally:
             client.close()
+
+    def _cancel_driver(self, client: CommandClient, driver: str, timeout_s: float) -> None:
+        try:
+            client.call("cancel", timeout_s=timeout_s)
+        except StationError as exc:
+            log.warning("could not cancel the capture on %s: %s", driver, exc.message)
 
     def _take_photo(self, request: Request, session: Session, mode: str,
                     taken: Callable[[Session, Photo, int], Session], prefix: str, what: str) -> None:
@@ -511,6 +524,23 @@ class Controller(Daemon):
         self._save(enrollment.cancelled(session, reason, time.time_ns()), "station.enrollment.session.cancelled",
                    {"reason": reason or "cancelled by the operator"}, "session.cancel")
         return {"cancelled": session.session_id}
+
+    def _cmd_abort(self, request: Request) -> dict:
+        """Stop the capture a session is waiting for (the applicant stepped away): the
+        driver stops, and the capture's own request is answered ``cancelled``."""
+        session = self._session(request, idle=False)
+        if session.session_id not in self.busy:
+            return {"aborted": False}
+        for kind in ("camera", "fingerprint"):
+            driver = self.config["drivers"][kind][0]
+            if not self.drivers[driver].online:
+                continue
+            client = CommandClient(self.ctx, self.paths.cmd(driver), name=driver)
+            try:
+                self._cancel_driver(client, driver, ABORT_TIMEOUT_S)  # on the main loop: short
+            finally:
+                client.close()
+        return {"aborted": True}
 
     def _cmd_events_since(self, request: Request) -> dict:
         since, limit = request.args.get("since", 0), request.args.get("limit", JOURNAL_PAGE)

@@ -189,3 +189,37 @@ def test_random_sigkills_during_fifty_enrollments_lose_nothing_reported_done(mak
         manifest, _an2 = open_record(provisioned, record_id)
         assert manifest["record"] == record_id and len(manifest["fingers"]) == 2
     print(f"\n50 enrollments, {len(kills)} controller SIGKILLs, 50 records, none lost")
+
+
+def test_an_aborted_capture_stops_the_scanner_and_the_session_goes_on(make_station, ctx):
+    """The applicant stepped away mid-capture: the officer aborts, the scanner stops waiting
+    (rather than capturing whatever comes later), and the next capture works."""
+    from drivers.fingerprint.emulator_control import send_command
+
+    station = make_station()
+    station.start("fp0")
+    station.start("controller")
+    station.wait_for(lambda: station.online("fp0"))
+    sid = station.call("controller", "session.start", {"applicant": applicant(9), "operator": "op"})["session"]
+    assert send_command(station.control, "nofinger 5").startswith("ok")
+    lifted = time.monotonic()
+    outcome = {}
+
+    def capture():
+        started = time.monotonic()
+        try:
+            station.call("controller", "session.finger", {"session": sid, "position": 1}, timeout_s=30)
+        except CommandError as exc:
+            outcome["code"], outcome["seconds"] = exc.code, time.monotonic() - started
+
+    waiting = threading.Thread(target=capture)
+    waiting.start()
+    station.wait_for(lambda: station.call("fp0", "state", timeout_s=1)["state"] == "busy")
+    assert station.call("controller", "session.abort", {"session": sid}) == {"aborted": True}
+    waiting.join(10)
+    assert outcome["code"] == "cancelled"  # not no_finger, nor a capture once the spell ended
+    station.wait_for(lambda: station.call("fp0", "state", timeout_s=1)["state"] == "ready")
+    assert station.call("controller", "session.abort", {"session": sid}) == {"aborted": False}
+    time.sleep(max(0.0, lifted + 5.5 - time.monotonic()))  # the applicant comes back
+    station.place(9, 1)
+    assert station.call("controller", "session.finger", {"session": sid, "position": 1})["position"] == 1

@@ -71,6 +71,7 @@ class CameraDaemon(Daemon):
         self.commands.register("capture", self._cmd_capture, {
             "mode": {"enum": ["icao", "exception"]}, "timeout_s": {"type": "number", "minimum": 0.5, "maximum": 600}})
         self.commands.register("frame", self._cmd_frame)
+        self.commands.register("cancel", self._cmd_cancel)
 
     @staticmethod
     def _analyzer(config: dict) -> FaceAnalyzer:
@@ -214,6 +215,15 @@ class CameraDaemon(Daemon):
                                                            exception_ignores=capture["exception_ignores"]))
         self.set_state("busy", f"capturing ({mode})")
         return None
+
+    def _cmd_cancel(self, request: Request) -> dict:
+        """Stop a capture in progress (the officer aborted it, or its caller gave up)."""
+        pending, self.pending = self.pending, None
+        if pending is None or pending.request.done:
+            return {"cancelled": False}
+        pending.request.fail(StationError("capture cancelled", code="cancelled", retryable=True))
+        self.set_state("ready", self._describe())
+        return {"cancelled": True}
 
     def _feed_capture(self, frame: Any, report: Any, now: float) -> None:
         pending = self.pending

@@ -200,6 +200,35 @@ def test_capture_with_no_face_times_out_with_an_error(camerad):
     assert daemon.client.call("state").result["state"] == "ready"
 
 
+def test_a_cancelled_capture_is_answered_cancelled_and_the_camera_is_free(camerad, ctx):
+    import threading
+
+    daemon = camerad({"source": {"kind": "emulated", "scene": {"faces": 0}}})
+    daemon.wait_status("ready", 10)
+    outcome = {}
+
+    def capture():
+        client = CommandClient(ctx, daemon.client.endpoint, name="cam")
+        try:
+            client.call("capture", {"timeout_s": 20.0}, timeout_s=25)
+        except CommandError as exc:
+            outcome["code"] = exc.code
+        finally:
+            client.close()
+
+    waiting = threading.Thread(target=capture)
+    waiting.start()
+    deadline = time.monotonic() + 10
+    while daemon.client.call("state").result["state"] != "busy":
+        assert time.monotonic() < deadline, "the capture never started"
+        time.sleep(0.05)
+    assert daemon.client.call("cancel").result == {"cancelled": True}
+    waiting.join(5)
+    assert outcome == {"code": "cancelled"}
+    assert daemon.client.call("state").result["state"] == "ready"
+    assert daemon.client.call("cancel").result == {"cancelled": False}
+
+
 def test_frame_command_returns_full_resolution_bgr8(camerad):
     daemon = camerad({"source": {"kind": "emulated", "width": 1280, "height": 720}})
     daemon.wait_status("ready", 10)
