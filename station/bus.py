@@ -175,10 +175,13 @@ class Subscriber:
         on_gap: Callable[[str, str, int, int], None] | None = None,
         on_boot: Callable[[str, str, str], None] | None = None,
         offline_after_s: float = OFFLINE_AFTER_S,
+        zap_domain: str | None = None,
     ):
         self.socket = ctx.socket(zmq.SUB)
         self.socket.setsockopt(zmq.RCVHWM, hwm)
         self.socket.setsockopt(zmq.LINGER, 0)
+        if zap_domain:  # the publishers' credentials are checked (station.peers)
+            self.socket.setsockopt(zmq.ZAP_DOMAIN, zap_domain.encode())
         for topic in topics:
             self.socket.setsockopt(zmq.SUBSCRIBE, topic.encode())
         for endpoint in endpoints:
@@ -314,12 +317,15 @@ class CommandServer:
     no exception leaves ``handle_ready``.
     """
 
-    def __init__(self, ctx: zmq.Context, endpoint: str, *, name: str, max_bytes: int = MAX_REQUEST_BYTES):
+    def __init__(self, ctx: zmq.Context, endpoint: str, *, name: str, max_bytes: int = MAX_REQUEST_BYTES,
+                 zap_domain: str | None = None):
         check_tcp_secured(endpoint, curve=False)
         self.name = name
         self.socket = ctx.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.MAXMSGSIZE, max_bytes)
+        if zap_domain:  # the callers' credentials are checked (station.peers)
+            self.socket.setsockopt(zmq.ZAP_DOMAIN, zap_domain.encode())
         bind(self.socket, endpoint)
         self.handlers: dict[str, Handler] = {}
         self.validators: dict[str, jsonschema.protocols.Validator] = {}

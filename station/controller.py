@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from station import biometrics, config, demographics, enrollment, keyring, record, sealing
+from station import biometrics, config, demographics, enrollment, keyring, peers, record, sealing
 from station.bus import CommandClient, Reply, Request, Subscriber
 from station.daemon import Daemon, main_for
 from station.enrollment import Finger, Photo, Session, SessionError
@@ -128,7 +128,8 @@ class Controller(Daemon):
                 links[driver] = old if old is not None and old.kind == kind else DriverLink(kind, driver)
         subscriber = Subscriber(
             self.ctx, [self.paths.pub(n) for n in links], on_gap=self._resync,
-            on_boot=lambda src, old, new: self._resync(src), offline_after_s=cfg["offline_after_s"])
+            on_boot=lambda src, old, new: self._resync(src), offline_after_s=cfg["offline_after_s"],
+            zap_domain=peers.PUBLISHERS)
         clients = {n: CommandClient(self.ctx, self.paths.cmd(n), name=n) for n in links}
         if self.driver_events is not None:
             self.remove_reader(self.driver_events.socket)

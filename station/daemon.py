@@ -26,11 +26,12 @@ from typing import Any, Callable, Sequence
 
 import zmq
 
-from station import config, locks, logs
+from station import config, locks, logs, peers
 from station.bus import HEARTBEAT_S, CommandServer, Publisher, Request
 from station.envelope import new_boot_id
 from station.errors import ConfigError, StationError
 from station.paths import Paths
+from station.peers import ZapHandler
 from station.sdnotify import Notifier
 
 EX_CONFIG = 78  # sysexits: configuration error; units use RestartPreventExitStatus=78
@@ -62,13 +63,16 @@ class Daemon:
         self._last_watchdog = 0.0
         self._loop_errors = 0
         self.publishers: list[Publisher] = []
+        self.zap = ZapHandler(self.ctx)  # before any socket that asks it
         self.events = self.add_publisher(paths.pub(name))
-        self.commands = CommandServer(self.ctx, paths.cmd(name), name=f"{self.kind}.{name}")
+        self.commands = CommandServer(self.ctx, paths.cmd(name), name=f"{self.kind}.{name}",
+                                      zap_domain=peers.COMMANDS)
         self.commands.register("state", self._cmd_state)
         self.commands.register("ping", lambda request: {"pong": True, "boot": self.boot})
-        self._readers: dict[Any, Callable[[], None]] = {self.commands.socket: self.commands.handle_ready}
+        self._readers: dict[Any, Callable[[], None]] = {}
         self._poller = zmq.Poller()
-        self._poller.register(self.commands.socket, zmq.POLLIN)
+        self.add_reader(self.zap.socket, self.zap.handle_ready)
+        self.add_reader(self.commands.socket, self.commands.handle_ready)
 
     # -- plumbing for subclasses ------------------------------------------------------------
     def load_config(self) -> dict[str, Any]:
@@ -201,6 +205,7 @@ class Daemon:
                 for publisher in self.publishers:
                     publisher.close()
                 self.commands.close()
+                self.zap.close()
                 self.ctx.term()
                 os.close(self._instance_lock)
                 self.log.info("stopped")
