@@ -80,7 +80,10 @@ class Controller(Daemon):
         self._snapshot_client: dict[str, CommandClient] = {}
         self._resync_at: dict[str, float] = {}  # driver -> when to ask its snapshot
         self._connect_drivers(self.config)
-        session = {"session": {"type": "string", "pattern": "^[0-9a-f]{16}$"}}
+        # ``operator``: who at the station asked (an officer may take over a colleague's
+        # session); audited as the actor, the session's own operator otherwise.
+        session = {"session": {"type": "string", "pattern": "^[0-9a-f]{16}$"},
+                   "operator": {"type": "string", "minLength": 1, "maxLength": 64}}
         position = {"position": {"type": "integer", "minimum": 1, "maximum": 10}}
         for cmd, handler, args, required in (
             ("status", self._cmd_status, None, ()),
@@ -281,6 +284,10 @@ class Controller(Daemon):
             raise SessionError("the session is busy with another capture; wait for it", code="busy", retryable=True)
         return session
 
+    @staticmethod
+    def _actor(request: Request) -> str:
+        return request.args.get("operator", "")
+
     def _driver(self, kind: str) -> str:
         names = self.config["drivers"][kind]
         name = names[0]
@@ -385,7 +392,7 @@ class Controller(Daemon):
             updated = taken(current, photo, now)
             figures = {"score": photo.score, "passed": photo.passed, "forced": photo.forced}
             self._save(updated, f"station.enrollment.{what}.captured", figures, f"session.{what}",
-                       captures={n: bytes(p) for n, p in zip(names, reply.payloads)})
+                       captures={n: bytes(p) for n, p in zip(names, reply.payloads)}, actor=self._actor(request))
             return {**updated.view(), "hint": result.get("hint"), **figures}
 
         self._in_worker(request, session, lambda: self._call_driver(request, camera, "capture", {"mode": mode}),
@@ -456,7 +463,8 @@ class Controller(Daemon):
             updated = enrollment.finger_taken(self.sessions[sid], finger, now)
             self._save(updated, "station.enrollment.finger.captured",
                        {"position": position, "nfiq2": finger.nfiq2, "force_captured": forced}, "session.finger",
-                       captures={finger.image: bytes(kept.payloads[0]), finger.template: bytes(kept.payloads[1])})
+                       captures={finger.image: bytes(kept.payloads[0]), finger.template: bytes(kept.payloads[1])},
+                       actor=self._actor(request))
             return {**finger.summary(), "session": updated.view()}
 
         self._in_worker(request, session, job, finish)
@@ -478,7 +486,8 @@ class Controller(Daemon):
                                                 now)
         position = request.args["position"]
         self._save(updated, "station.enrollment.finger.exception",
-                   {"position": position, "reason": request.args["reason"]}, "session.exception")
+                   {"position": position, "reason": request.args["reason"]}, "session.exception",
+                   actor=self._actor(request))
         return {"position": position, "reason": request.args["reason"], "session": updated.view()}
 
     def _cmd_finish(self, request: Request) -> dict | None:
@@ -492,6 +501,7 @@ class Controller(Daemon):
         record_id = secrets.token_hex(16)
         devices = {n: self.drivers[n].identity for n in self.drivers}
         station_id, destination = self.keys.station_id, self.config["record"]["destination"]
+        actor = self._actor(request)
 
         def job() -> dict:
             started = time.perf_counter()
@@ -506,7 +516,8 @@ class Controller(Daemon):
                        "force_captured": summary["force_captured"], "sealed_bytes": len(sealed)}
             row = self.store.commit_record(
                 record_id, sid, record.CONTENT_TYPE, sealed, summary,
-                lambda tx: self._write_session(tx, closed, "station.enrollment.completed", figures, "session.finish"))
+                lambda tx: self._write_session(tx, closed, "station.enrollment.completed", figures, "session.finish",
+                                               actor=actor))
             return {"record": record_id, "sealed_bytes": row.sealed_bytes, "sealed_sha256": row.sealed_sha256,
                     "seconds": round(time.perf_counter() - started, 3), "closed": closed}
 
@@ -523,7 +534,7 @@ class Controller(Daemon):
         session = self._session(request)
         reason = request.args.get("reason", "")
         self._save(enrollment.cancelled(session, reason, time.time_ns()), "station.enrollment.session.cancelled",
-                   {"reason": reason or "cancelled by the operator"}, "session.cancel")
+                   {"reason": reason or "cancelled by the operator"}, "session.cancel", actor=self._actor(request))
         return {"cancelled": session.session_id}
 
     def _cmd_abort(self, request: Request) -> dict:

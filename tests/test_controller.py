@@ -278,3 +278,19 @@ def test_a_finish_whose_answer_came_too_late_still_closes_the_session_once(contr
     store = RecordStore.reader(provisioned["state"] / "store")
     assert set(store.record_ids()) == set(records.values())
     store.close()
+
+
+def test_who_did_what_is_audited_without_personal_data(controller, provisioned):
+    sid = controller.call("session.start", {"applicant": applicant(30), "operator": "op1"})["session"]
+    controller.call("session.exception", {"session": sid, "position": 1, "reason": "XX"})
+    controller.call("session.exception", {"session": sid, "position": 2, "reason": "UP", "operator": "op2"})
+    controller.call("session.cancel", {"session": sid, "reason": "applicant left", "operator": "op2"})
+    store = RecordStore.reader(provisioned["state"] / "store")
+    audit = [a for a in store.audit_log() if a["session"] == sid]
+    store.close()
+    assert [(a["actor"], a["action"]) for a in audit] == [
+        ("op1", "session.start"), ("op1", "session.exception"), ("op2", "session.exception"),
+        ("op2", "session.cancel")]
+    assert audit[-1]["reason"] == "applicant left"
+    text = json.dumps(audit, ensure_ascii=False)
+    assert applicant(30)["full_name"] not in text and applicant(30)["id_number"] not in text
