@@ -76,6 +76,11 @@ def _extractor(ppi: int) -> nbis.NbisExtractor:
     return nbis.new_nbis_extractor(settings)
 
 
+def warm_up(ppi: int = NFIQ2_PPI) -> None:
+    """Load the NFIQ 2 model now (at start-up), not during the first applicant's finger."""
+    _extractor(ppi)
+
+
 def _check_image(image: np.ndarray) -> None:
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 2:
         raise ValueError(

@@ -39,7 +39,6 @@ from station.envelope import Message
 from station.errors import CommandError, DeadlineExceeded, StationError
 from station.paths import Paths
 from station.store import RecordStore, Tx
-from station.worker import Worker
 
 log = logging.getLogger("station.controller")
 
@@ -74,7 +73,7 @@ class Controller(Daemon):
         self.busy: set[str] = set()
         self._published = self.store.last_seq()  # what a restart published before is replayable
         self._next_expiry_check = 0.0
-        self.worker = Worker("controller-io")
+        self.worker = self.add_worker("controller-io")
         self.drivers: dict[str, DriverLink] = {}
         self.driver_events: Subscriber | None = None
         self._snapshot_client: dict[str, CommandClient] = {}
@@ -150,6 +149,7 @@ class Controller(Daemon):
         self.config = new
 
     def setup(self) -> None:
+        biometrics.warm_up()  # duplicate-finger comparisons need it from the second finger on
         self._publish_journal()
         self.set_state("ready", f"station {self.keys.station_id}: {self.store.counts()['records']} records, "
                                 f"{len(self.sessions)} open sessions")

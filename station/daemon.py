@@ -33,6 +33,7 @@ from station.errors import ConfigError, StationError
 from station.paths import Paths
 from station.peers import ZapHandler
 from station.sdnotify import Notifier
+from station.worker import Worker
 
 EX_CONFIG = 78  # sysexits: configuration error; units use RestartPreventExitStatus=78
 POLL_MS = 50
@@ -89,6 +90,12 @@ class Daemon:
 
     def heartbeat_s(self) -> float:
         return float(self.config.get("heartbeat_s", HEARTBEAT_S))
+
+    def add_worker(self, name: str) -> Worker:
+        """A worker thread whose finished jobs wake the main loop."""
+        worker = Worker(name)
+        self.add_reader(worker.wake_fd, worker.drain)
+        return worker
 
     def add_reader(self, socket: Any, callback: Callable[[], None]) -> None:
         self._readers[socket] = callback

@@ -3,11 +3,14 @@
 ZeroMQ sockets belong to the main loop's thread; slow work (a finger upload, a capture
 request to another daemon) runs here, and its outcome is handed back through a queue that
 the main loop drains each iteration, so replies and events are always sent from the thread
-that owns the sockets.
+that owns the sockets. Each outcome also writes to an eventfd (``wake_fd``) that the main
+loop polls beside its sockets, so a finished job is answered at once rather than at the
+loop's next timeout.
 """
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -25,6 +28,7 @@ class Worker:
         self._results: queue.Queue = queue.Queue()
         self._stop = threading.Event()
         self.busy_since: float | None = None
+        self.wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -35,9 +39,22 @@ class Worker:
     def post(self, callback: Callable[[], None]) -> None:
         """From the worker: run ``callback`` in the main loop (progress events)."""
         self._results.put((lambda _r, _e: callback(), None, None))
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._stop.is_set():  # the fd is closed (its number may already be reused)
+            return
+        try:
+            os.eventfd_write(self.wake_fd, 1)
+        except OSError:  # closed at stop
+            pass
 
     def drain(self) -> int:
         """Deliver finished jobs' outcomes in the calling (main) thread."""
+        try:
+            os.eventfd_read(self.wake_fd)
+        except (BlockingIOError, OSError):
+            pass
         count = 0
         while True:
             try:
@@ -65,6 +82,7 @@ class Worker:
         self._stop.set()
         self._jobs.put(None)
         self._thread.join(timeout_s)
+        os.close(self.wake_fd)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -80,3 +98,4 @@ class Worker:
             finally:
                 self.busy_since = None
             self._results.put((done, result, error))
+            self._wake()

@@ -166,12 +166,15 @@ class CameraDaemon(Daemon):
         self.frames_read += 1
         if self.frame_requests:
             self._reply_frame(frame)
-        report = self.analyzer.analyze(frame.image)
         publish_cfg = self.config["publish"]
         if publish_cfg["full_frames"]:
             self.frames.publish("frame", {**image_fields(frame.image, "bgr8"), "index": frame.index},
                                 [frame.image], t_acq_ns=frame.t_acq_ns)
-        if self._preview_due(now):
+        preview_due = self._preview_due(now)
+        if self.pending is None and not preview_due:
+            return  # analysed at the preview rate between captures: the CPU is the scanner's too
+        report = self.analyzer.analyze(frame.image)
+        if preview_due:
             self._publish_preview(frame, report)
         if self.pending is not None:
             self._feed_capture(frame, report, now)

@@ -28,7 +28,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from station.biometrics import FingerQuality, assess
+from station.biometrics import FingerQuality, assess, warm_up
 from drivers.fingerprint.device import Scanner
 from drivers.fingerprint import protocol as fp
 from drivers.fingerprint.protocol import Instruction, SensorError
@@ -38,7 +38,6 @@ from station.envelope import image_fields
 from station.errors import ConfigError, DeviceError, StationError
 from station.logs import Flapping
 from station.paths import Paths
-from station.worker import Worker
 
 BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 5.0)
 PROBE_INTERVAL_S = 1.0  # GetEcho on an idle scanner: an unplug shows within 2 s
@@ -60,7 +59,7 @@ class FingerprintDaemon(Daemon):
             raise ConfigError([f"fingerprint {name}: no serial port configured: set 'port' in "
                                f"{paths.etc}/fingerprint@{name}.yaml (e.g. /dev/serial/by-id/usb-...)"])
         self.scanner: Scanner | None = None
-        self.worker = Worker(f"fingerprint-{name}")
+        self.worker = self.add_worker(f"fingerprint-{name}")
         self.reopen = Flapping(self.log)
         self._next_open = 0.0
         self._attempt = 0
@@ -81,6 +80,7 @@ class FingerprintDaemon(Daemon):
                        command_timeout_s=c["command_timeout_s"], retries=c["retries"])
 
     def setup(self) -> None:
+        warm_up()  # every capture is assessed; the model loads once, before READY
         self.set_state("offline", f"opening {self.config['port']}")
 
     def tick(self, now: float) -> None:
