@@ -31,6 +31,7 @@ from station.envelope import (
     decode,
     decode_request,
     dump_json,
+    scan_corr,
     encode,
     make_header,
     topic_for,
@@ -45,6 +46,16 @@ HEARTBEAT_S = 1.0
 OFFLINE_AFTER_S = 3.0
 # The largest request a command socket accepts: commands carry arguments, never images.
 MAX_REQUEST_BYTES = 256 * 1024
+
+
+def _strict_integer(_checker: Any, instance: Any) -> bool:
+    return type(instance) is int  # JSON Schema's "integer" would take 2.0 (and Python's True)
+
+
+# Argument schemas with integers that are integers: a finger position of 2.0 is a mistake.
+ArgumentValidator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator,
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine("integer", _strict_integer))
 
 
 def bind(socket: zmq.Socket, endpoint: str) -> None:
@@ -310,8 +321,9 @@ class CommandServer:
     answered as ``internal`` — it never kills the daemon. A kept request still open at its
     deadline is answered with ``deadline_exceeded`` by ``expire()``.
 
-    Nothing a sender puts on the socket can cost more than its own decoding: messages over
-    ``max_bytes`` are refused by libzmq itself, every other message is answered if it
+    Nothing a sender puts on the socket can cost more than its own decoding: a frame over
+    ``max_bytes`` is refused by libzmq itself (it drops the connection), a request whose
+    frames add up to more is refused here, every other message is answered if it
     carries a usable correlation id (``bad_request`` saying what is wrong, the arguments
     checked against the command's schema) and otherwise counted by reason and dropped, and
     no exception leaves ``handle_ready``.
@@ -324,6 +336,7 @@ class CommandServer:
         self.socket = ctx.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.MAXMSGSIZE, max_bytes)
+        self.max_bytes = max_bytes
         if zap_domain:  # the callers' credentials are checked (station.peers)
             self.socket.setsockopt(zmq.ZAP_DOMAIN, zap_domain.encode())
         bind(self.socket, endpoint)
@@ -339,7 +352,7 @@ class CommandServer:
         schema = {"type": "object", "additionalProperties": False, "properties": args or {},
                   "required": list(required)}
         self.handlers[cmd] = handler
-        self.validators[cmd] = jsonschema.Draft202012Validator(schema)
+        self.validators[cmd] = ArgumentValidator(schema)
 
     def pending(self) -> list[Request]:
         return list(self._pending.values())
@@ -378,6 +391,13 @@ class CommandServer:
             self._count("too_few_frames")
             return
         identity, raw, payloads = frames[0], frames[1], frames[2:]
+        size = sum(len(f) for f in frames[1:])
+        if size > self.max_bytes:  # libzmq's limit is per frame; this one is per request
+            self._count("too_large", f"{size} bytes in {len(frames) - 1} frames")
+            corr = scan_corr(raw)
+            if corr is not None:
+                self._refuse(identity, corr, None, f"request of {size} bytes; the limit is {self.max_bytes}")
+            return
         try:
             header = decode_request(raw)
         except MalformedMessage as exc:

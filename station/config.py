@@ -228,7 +228,10 @@ def _parse(name: str, raw: bytes) -> tuple[dict[str, Any] | None, yaml.Node | No
 
     The data is None when the file cannot be checked against a schema at all.
     """
-    loader = yaml.SafeLoader(raw)
+    try:
+        loader = yaml.SafeLoader(raw)  # the reader refuses NUL, control bytes and bad UTF-8 here
+    except yaml.YAMLError as exc:
+        return None, None, [f"{name}: not a YAML text file: {exc}"]
     try:
         node = loader.get_single_node()
         # Checked before construction: constructing flattens ``<<`` merge keys in place.
@@ -244,6 +247,10 @@ def _parse(name: str, raw: bytes) -> tuple[dict[str, Any] | None, yaml.Node | No
         return None, None, [f"{where}: YAML syntax error: {exc.problem or exc.context}{context}"]
     except yaml.YAMLError as exc:
         return None, None, [f"{name}: YAML error: {exc}"]
+    except RecursionError:
+        return None, None, [f"{name}: nested too deeply to be a configuration file"]
+    except ValueError as exc:  # e.g. an integer of thousands of digits
+        return None, None, [f"{name}: a value cannot be read: {str(exc)[:120]}"]
     finally:
         loader.dispose()
     if data is None:  # a document holding only comments or "~"

@@ -102,7 +102,7 @@ class Controller(Daemon):
              ("session",)),
             ("session.abort", self._cmd_abort, session, ("session",)),
             ("events.since", self._cmd_events_since,
-             {"since": {"type": "integer", "minimum": 0},
+             {"since": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},  # SQLite's INTEGER
               "limit": {"type": "integer", "minimum": 1, "maximum": JOURNAL_PAGE}}, ()),
             ("record.list", self._cmd_record_list, None, ()),
             ("record.get", self._cmd_record_get, {"record": {"type": "string", "pattern": "^[0-9a-f]{32}$"}},

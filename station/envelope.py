@@ -147,7 +147,7 @@ def check_image(header: dict[str, Any], payloads: list[Any]) -> None:
     encoding = header.get("encoding")
     if encoding is None:
         return
-    if encoding not in IMAGE_ENCODINGS:
+    if not isinstance(encoding, str) or encoding not in IMAGE_ENCODINGS:
         raise MalformedMessage("bad_encoding", repr(encoding)[:40])
     if not payloads:
         raise MalformedMessage("missing_payload", f"{encoding} image without payload")

@@ -97,7 +97,7 @@ def served(ctx, rundir):
 
 def test_wrong_argument_types_are_bad_requests_naming_the_argument(served):
     _server, exchange = served
-    for value in (True, "1", None, [1], 11):
+    for value in (True, 2.0, "1", None, [1], 11):
         reply = exchange(request("finger", args={"position": value}))
         assert reply["error"]["code"] == "bad_request" and "position" in reply["error"]["message"], value
     reply = exchange(request("finger", args={"position": 2, "extra": 1}))
@@ -105,6 +105,14 @@ def test_wrong_argument_types_are_bad_requests_naming_the_argument(served):
     reply = exchange(request("finger", args={}))
     assert "'position' is a required property" in reply["error"]["message"]
     assert exchange(request("finger", args={"position": 3}))["result"] == {"position": 3}
+
+
+def test_a_request_over_the_size_limit_in_total_is_refused(served):
+    server, exchange = served
+    frame = bytes(200 * 1024)  # under libzmq's per-frame limit, over the request limit in total
+    reply = exchange(request("status"), frame, frame)
+    assert reply["error"]["code"] == "bad_request" and "limit" in reply["error"]["message"]
+    assert server.malformed == {"too_large": 1}
 
 
 def test_a_reply_that_cannot_be_encoded_is_answered_as_internal(served):
