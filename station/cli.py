@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import pwd
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -146,9 +149,6 @@ def cmd_provision(args: argparse.Namespace) -> int:
 
 def _service_owner(user: str | None) -> tuple[int, int] | None:
     """Key files belong to the service user (``station``) when we run as root."""
-    import os
-    import pwd
-
     if os.geteuid() != 0:
         return None
     try:
@@ -214,8 +214,6 @@ def cmd_record_open(args: argparse.Namespace) -> int:
 
 
 def cmd_record_export(args: argparse.Namespace) -> int:
-    import os
-
     try:
         _header, _manifest, an2 = _open_record(args)
         fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -230,8 +228,6 @@ def cmd_record_export(args: argparse.Namespace) -> int:
 
 def cmd_events(args: argparse.Namespace) -> int:
     """The journal from ``--since``, page by page, as JSON lines; ``--follow`` keeps polling."""
-    import time
-
     ctx = zmq.Context()
     client = CommandClient(ctx, _paths(args).cmd("controller"), name="controller")
     since = args.since

@@ -305,6 +305,7 @@ class RecordStore:
                 if path.is_file():
                     files[entry["name"]] = path.read_bytes()
             sealed = legacy_sealer(record_id, manifest, files)
+            self.sealed_path(record_id).unlink(missing_ok=True)  # a crash's half: its row never came
             self._write_sealed(record_id, sealed)
             summary = {"legacy": True, "files": len(files), "fingers": len(manifest.get("fingers", {})),
                        "exceptions": manifest.get("exceptions", {})}
@@ -326,11 +327,13 @@ class RecordStore:
             known = {r[0] for r in self.db.execute("SELECT record_id FROM records")}
         removed = []
         for path in self.records_dir.iterdir():
-            name = path.name
-            stray_file = path.is_file() and (name.startswith(".") or name.removesuffix(SEALED_SUFFIX) not in known)
-            if stray_file or (path.is_dir() and not self._has_table("records_v1")):
-                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
-                removed.append(name)
+            if path.is_dir():  # a schema-1 record's plaintext; migration has sealed the record
+                shutil.rmtree(path, ignore_errors=True)
+            elif path.name.startswith(".") or path.name.removesuffix(SEALED_SUFFIX) not in known:
+                path.unlink(missing_ok=True)
+            else:
+                continue
+            removed.append(path.name)
         return removed
 
     # -- writing ----------------------------------------------------------------------------

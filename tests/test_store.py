@@ -161,6 +161,7 @@ def test_migration_seals_schema_1_records_and_removes_their_plaintext(tmp_path):
         sealed_with.append((record_id, manifest["applicant"], files))
         return b"SEALED:" + record_id.encode()
 
+    (root / "records" / "old1.sealed").write_bytes(b"half of a migration that crashed")
     store = store_at(root, legacy_sealer=sealer)
     assert sealed_with == [("old1", {"surname": "ERIKSSON"}, {"portrait.jpg": b"\xff\xd8JFIF-plain"})]
     row = store.get("old1")
