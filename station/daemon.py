@@ -270,5 +270,5 @@ def main_for(cls: type[Daemon], program: str, description: str, argv: Sequence[s
         return EX_CONFIG
     except StationError as exc:
         print(f"{program} {name}: {exc.message}", file=sys.stderr)
-        return getattr(exc, "exit_status", 1)
+        return exc.exit_status
     return daemon.run()

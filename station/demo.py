@@ -144,6 +144,7 @@ class Demo:
         self.processes: list[Process] = []
         self.ctx = zmq.Context()
         self.results: list[ApplicantResult] = []
+        self.central_key: Path | None = None  # central's private key; the demo plays central too
 
     def say(self, text: str) -> None:
         print(text, flush=True)
@@ -377,7 +378,7 @@ class Demo:
             "problems": problems,
             "station": STATION_ID,
             "paths": {"etc": str(self.paths.etc), "state": str(self.paths.state), "run": str(self.paths.run),
-                      "central_key": str(getattr(self, "central_key", "")),
+                      "central_key": str(self.central_key or ""),
                       "logs": {p.name: str(p.log_path) for p in self.processes}},
             "exports": [f for r in self.results for f in r.files],
             "exit_codes": codes,

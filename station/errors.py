@@ -13,6 +13,7 @@ class StationError(Exception):
     code = "error"
     retryable = False
     details: dict | None = None  # structured findings a UI shows next to its fields
+    exit_status: int = 1  # a daemon that cannot start because of it exits with this (sysexits)
 
     def __init__(self, message: str, *, code: str | None = None, retryable: bool | None = None):
         super().__init__(message)
