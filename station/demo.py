@@ -294,8 +294,10 @@ class Demo:
                     finger = step(f"finger_{position}", "session.finger", {"session": session, "position": position})
                     result.fingers += 1
                     if finger["force_captured"]:
+                        blank = finger["attempts"] - len(finger["attempt_nfiq2"])
                         result.events.append(f"position {position}: force-captured after {finger['attempts']} "
-                                             f"attempts (NFIQ 2 {finger['attempt_nfiq2']})")
+                                             f"attempts (NFIQ 2 {finger['attempt_nfiq2']}"
+                                             f"{f', {blank} without a print' if blank else ''})")
                 if amputated:
                     photo = step("exception_photo", "session.exception_photo", {"session": session})
                     result.events.append(f"exception photo taken (score {photo['score']})")
@@ -339,6 +341,9 @@ class Demo:
                  f"records committed; summary in {self.workdir / 'summary.json'}")
         for problem in lost:
             self.say(f"  problem: {problem}")
+        if any(r.record for r in self.results):
+            self.say(f"  sealed records exported as ANSI/NIST-ITL to {self.workdir / 'export'}/; open one as central "
+                     f"would: stationctl --state {self.paths.state} record open RECORD --key {self.central_key}")
         return 0 if ok else 1
 
     def report(self, r: ApplicantResult) -> None:
