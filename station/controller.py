@@ -310,12 +310,16 @@ class Controller(Daemon):
         self._save(session, "station.enrollment.session.started", {"operator": operator}, "session.start")
         return session.view()
 
+    def _ended(self, request: Request) -> tuple[str, str] | None:
+        """(status, record id) when the request names a session that has ended; the schema
+        has checked the id already."""
+        sid = request.args["session"]
+        return None if sid in self.sessions else self.store.session_outcome(sid)
+
     def _cmd_get(self, request: Request) -> dict:
-        sid = request.args.get("session")
-        if isinstance(sid, str) and sid not in self.sessions:
-            outcome = self.store.session_outcome(sid)
-            if outcome is not None:
-                return {"session": sid, "status": outcome[0], "record": outcome[1] or None}
+        ended = self._ended(request)
+        if ended is not None:
+            return {"session": request.args["session"], "status": ended[0], "record": ended[1] or None}
         return self._session(request, idle=False).view()
 
     def _cmd_list(self, request: Request) -> dict:
@@ -491,12 +495,11 @@ class Controller(Daemon):
         return {"position": position, "reason": request.args["reason"], "session": updated.view()}
 
     def _cmd_finish(self, request: Request) -> dict | None:
-        sid = request.args.get("session")
-        if isinstance(sid, str) and sid not in self.sessions:
-            outcome = self.store.session_outcome(sid)
-            if outcome is not None and outcome[0] == enrollment.FINISHED:
-                return {"record": outcome[1], "repeated": True}  # the first answer was lost
+        ended = self._ended(request)
+        if ended is not None and ended[0] == enrollment.FINISHED:
+            return {"record": ended[1], "repeated": True}  # the first answer was lost
         session = self._session(request)
+        sid = session.session_id
         enrollment.finishable(session)
         record_id = secrets.token_hex(16)
         devices = {n: self.drivers[n].identity for n in self.drivers}

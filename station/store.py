@@ -164,7 +164,6 @@ class Tx:
     def __init__(self, store: "RecordStore"):
         self._store = store
         self._db = store.db
-        self.journaled: list[int] = []
 
     def save_session(self, session_id: str, status: str, operator: str, started_ns: int, updated_ns: int,
                      state: dict[str, Any] | None, record_id: str = "") -> None:
@@ -205,7 +204,6 @@ class Tx:
         seq = self._db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM journal").fetchone()[0]
         self._db.execute("INSERT INTO journal(seq, t_ns, topic, body) VALUES (?,?,?,?)",
                          (seq, time.time_ns(), topic, json.dumps(body, sort_keys=True)))
-        self.journaled.append(seq)
         return seq
 
     def audit(self, actor: str, action: str, *, session_id: str | None = None, record_id: str | None = None,
