@@ -9,6 +9,7 @@ setup(
     packages=[
         "station",
         "station.defaults",
+        "station.collector",
         "drivers",
         "drivers.camera",
         "drivers.fingerprint",
@@ -31,6 +32,7 @@ setup(
         "wsq",
         "cryptography>=50,<51",
         "pycountry",
+        "nats-py",
     ],
     extras_require={
         "test": [
@@ -47,6 +49,8 @@ setup(
             "station = station.main:main",
             "stationctl = station.cli:main",
             "station-controller = station.controller:main",
+            "station-uplink = station.uplink:main",
+            "station-collector = station.collector.main:main",
             "station-camerad = drivers.camera.daemon:main",
             "station-fingerprintd = drivers.fingerprint.daemon:main",
         ],

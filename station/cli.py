@@ -11,6 +11,7 @@
   stationctl record open ID|FILE --key KEY     verify, decrypt with a central private key, summarise
   stationctl record export ID|FILE --key KEY --out FILE.an2   the ANSI/NIST-ITL transaction
   stationctl events [--since N]                the controller's event journal, from sequence N
+  stationctl uplink [--follow] [--json]        delivery to central: link, backlog, throughput
 """
 from __future__ import annotations
 
@@ -249,6 +250,79 @@ def cmd_events(args: argparse.Namespace) -> int:
         ctx.term()
 
 
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return ""
+
+
+def format_uplink(status: dict) -> str:
+    """The uplink's snapshot in a field engineer's words."""
+    backlog = status.get("backlog") or {}
+    lines = [f"link:        {status['link']} {status.get('endpoint') or ''}".rstrip()]
+    if status.get("last_error"):
+        lines.append(f"last error:  {status['last_error']}")
+    lines.append(f"backlog:     {backlog.get('records', 0)} record(s), {_size(backlog.get('bytes', 0))}, "
+                 f"{backlog.get('events', 0)} event(s)")
+    age = status.get("oldest_age_s")
+    lines.append(f"oldest:      {'nothing waiting' if age is None else f'{age / 60:.1f} min old'}")
+    lines.append(f"unconfirmed: {backlog.get('unconfirmed', 0)} record(s) delivered, awaiting confirmation")
+    lines.append(f"throughput:  {_size(status.get('throughput_bps', 0))}/s")
+    lines.append(f"delivered:   {status.get('records_delivered', 0)} record(s) this run, "
+                 f"{status.get('records_purged', 0)} purged after retention")
+    for record_id, refusal in (status.get("refused") or {}).items():
+        lines.append(f"REFUSED:     {record_id}: {refusal['message']} ({refusal['code']})")
+    return "\n".join(lines)
+
+
+def progress_line(status: dict, total: int, width: int = 30) -> str:
+    backlog = status.get("backlog") or {}
+    left = backlog.get("records", 0)
+    done = max(total - left, 0)
+    filled = int(width * done / total) if total else width
+    return (f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total} records, {backlog.get('events', 0)} "
+            f"event(s) left, {_size(status.get('throughput_bps', 0))}/s, link {status['link']}")
+
+
+def cmd_uplink(args: argparse.Namespace) -> int:
+    paths = _paths(args)
+    ctx = zmq.Context()
+    client = CommandClient(ctx, paths.cmd("uplink"), name="uplink")
+    total = None
+    try:
+        while True:
+            try:
+                status = client.call("state", timeout_s=args.timeout).result["status"]
+            except StationError as exc:
+                print(f"stationctl uplink: the uplink does not answer ({exc.message}); is station-uplink running?",
+                      file=sys.stderr)
+                from station.outbox import Outbox
+                outbox = Outbox(paths.store, read_only=True)
+                try:
+                    print(json.dumps({"backlog": outbox.backlog().to_dict()}, sort_keys=True))
+                finally:
+                    outbox.close()
+                return 1
+            if not args.follow:
+                print(json.dumps(status, sort_keys=True) if args.json else format_uplink(status))
+                return 0
+            backlog = status.get("backlog") or {}
+            total = max(total or 0, backlog.get("records", 0))
+            print("\r" + progress_line(status, total), end="", flush=True)
+            if backlog and backlog.get("records", 1) == 0 and backlog.get("events", 1) == 0:
+                print("\nall records and events delivered")
+                return 0
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        print()
+        return 0
+    finally:
+        client.close()
+        ctx.term()
+
+
 def cmd_emulate(args: argparse.Namespace, rest: list[str]) -> int:
     if args.device == "fingerprint":
         from drivers.fingerprint import emulator
@@ -325,6 +399,12 @@ def build_parser() -> argparse.ArgumentParser:
     events.add_argument("--follow", action="store_true", help="keep printing new events")
     events.add_argument("--timeout", type=float, default=5.0)
     events.set_defaults(func=cmd_events)
+
+    uplink = sub.add_parser("uplink", help="delivery to central: link state, backlog, throughput")
+    uplink.add_argument("--follow", action="store_true", help="a live progress bar until the backlog is drained")
+    uplink.add_argument("--json", action="store_true", help="the uplink's snapshot as JSON")
+    uplink.add_argument("--timeout", type=float, default=3.0)
+    uplink.set_defaults(func=cmd_uplink)
 
     emulate = sub.add_parser("emulate", help="run one device emulator (options: stationctl emulate DEVICE --help)",
                              add_help=False)

@@ -220,7 +220,9 @@ class Daemon:
 
     def _iterate(self) -> None:
         for socket, _ in self._poller.poll(self.poll_timeout_ms()):
-            self._readers[socket]()
+            callback = self._readers.get(socket)  # an earlier callback may have removed it
+            if callback is not None:
+                callback()
         now = time.monotonic()
         self.tick(now)
         self.commands.expire()

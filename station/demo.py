@@ -1,10 +1,13 @@
-"""``station demo``: the whole station, end to end, on emulated devices.
+"""``station demo``: the whole station, end to end, on emulated devices, and central.
 
 Every daemon runs as its own OS process on ipc sockets under the work directory, exactly as
 under systemd: a fingerprint sensor emulator on a pseudo-terminal, the fingerprint daemon
-talking the real packet protocol to it, the camera daemon on its emulated source, and the
-controller. The demo then plays the officer for N applicants through the control socket,
-prints progress, writes ``summary.json`` and exits non-zero if anything was lost.
+talking the real packet protocol to it, the camera daemon on its emulated source, the
+controller and the uplink; and, playing central, a collector gateway on loopback TCP with
+CURVE (embedded storage, or JetStream with ``--collector nats://HOST:PORT``). The demo plays
+the officer for N applicants through the control socket, waits until central has
+acknowledged and confirmed every record and event, exports each record from central's
+storage with central's key, writes ``summary.json`` and exits non-zero if anything was lost.
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import sysconfig
 import tempfile
@@ -30,6 +34,7 @@ from station import demographics, keyring
 from station.bus import CommandClient
 from station.errors import StationError
 from station.paths import Paths
+from station.outbox import Outbox
 from station.store import RecordStore
 
 SURNAMES = ["Nguyễn", "Trần", "Lê", "Phạm", "Hoàng", "Huỳnh", "Phan", "Vũ", "Đặng", "Bùi", "Đỗ", "Ngô"]
@@ -40,6 +45,7 @@ PLACES = ["Xã An Lư, Huyện Thủy Nguyên, Hải Phòng", "Phường Lạch 
 HAI_PHONG = "031"
 STATION_ID = "VN-HP-0001"
 READY_TIMEOUT_S = 60.0
+DELIVERY_TIMEOUT_S = 120.0
 
 
 @dataclass
@@ -108,6 +114,12 @@ def short_run_dir(workdir: Path) -> Path:
     return Path(tempfile.mkdtemp(prefix="station-run-", dir="/tmp"))
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def write_config(etc: Path, fingerprint_port: str) -> None:
     """The demo's field overrides, written where a field engineer would put them."""
     (etc / "conf.d").mkdir(parents=True, exist_ok=True)
@@ -135,8 +147,9 @@ def make_applicant(rng: random.Random, number: int) -> dict[str, Any]:
 
 
 class Demo:
-    def __init__(self, workdir: Path, applicants: int, seed: int):
+    def __init__(self, workdir: Path, applicants: int, seed: int, collector: str = ""):
         self.workdir = workdir
+        self.collector_url = collector  # nats://HOST:PORT: the gateway stores in JetStream there
         self.applicants = applicants
         self.rng = random.Random(seed)
         self.paths = Paths(etc=workdir / "etc", state=workdir / "state", run=short_run_dir(workdir))
@@ -145,21 +158,25 @@ class Demo:
         self.ctx = zmq.Context()
         self.results: list[ApplicantResult] = []
         self.central_key: Path | None = None  # central's private key; the demo plays central too
+        central = workdir / "central"
+        self.central_paths = Paths(etc=central / "etc", state=central / "state",
+                                   run=Path(tempfile.mkdtemp(prefix="central-run-", dir="/tmp")))
+        self.delivery: dict[str, dict[str, Any]] = {}
 
     def say(self, text: str) -> None:
         print(text, flush=True)
 
     # -- processes --------------------------------------------------------------------------
-    def env(self) -> dict[str, str]:
+    def env(self, paths: Paths | None = None) -> dict[str, str]:
+        paths = paths or self.paths
         env = dict(os.environ)
-        env.update(STATION_ETC=str(self.paths.etc), STATION_STATE=str(self.paths.state),
-                   STATION_RUN=str(self.paths.run))
+        env.update(STATION_ETC=str(paths.etc), STATION_STATE=str(paths.state), STATION_RUN=str(paths.run))
         env.pop("NOTIFY_SOCKET", None)
         return env
 
-    def spawn(self, name: str, argv: list[str], reads_stdout: bool = False) -> Process:
+    def spawn(self, name: str, argv: list[str], reads_stdout: bool = False, paths: Paths | None = None) -> Process:
         process = Process(name, argv, self.logs / f"{name}.log", reads_stdout)
-        process.start(self.env())
+        process.start(self.env(paths))
         self.processes.append(process)
         return process
 
@@ -186,11 +203,13 @@ class Demo:
         self.spawn("cam0", [str(bindir / "station-camerad"), "cam0"])
         self.spawn("fp0", [str(bindir / "station-fingerprintd"), "fp0"])
         self.spawn("controller", [str(bindir / "station-controller")])
+        self.spawn("uplink", [str(bindir / "station-uplink")])
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + READY_TIMEOUT_S
-        for name in ("cam0", "fp0", "controller"):
-            client = CommandClient(self.ctx, self.paths.cmd(name), name=name)
+        for name, paths in (("collector", self.central_paths), ("cam0", None), ("fp0", None),
+                            ("controller", None), ("uplink", None)):
+            client = CommandClient(self.ctx, (paths or self.paths).cmd(name), name=name)
             try:
                 while True:
                     self.check_alive()
@@ -222,21 +241,68 @@ class Demo:
 
     def provision(self) -> None:
         """What a field engineer does once per station: central's public key (here a test
-        pair in the work directory; central keeps its private key) and the station's keys."""
+        pair in the work directory; central keeps its private key) and the station's keys;
+        and what central does once per station: allow its key bundle at the collector."""
         self.central_key, central_pub = keyring.write_central_pair(self.workdir / "central")
         keyring.provision(self.paths.keys, STATION_ID, central_pub.read_bytes())
         self.say(f"  keys       station {STATION_ID} provisioned; records sealed to {central_pub}")
+        port = _free_port()
+        storage = {"backend": "embedded"} if not self.collector_url else \
+            {"backend": "jetstream", "nats": [self.collector_url], "replicas": 1}
+        self.central_paths.etc.mkdir(parents=True, exist_ok=True)
+        (self.central_paths.etc / "collector.yaml").write_text(yaml.safe_dump(
+            {"listen": [f"tcp://127.0.0.1:{port}"], "storage": storage}))
+        server_key = self.collector_tool("init").split('server_key: "')[1].split('"')[0]
+        self.collector_tool("allow", str(self.paths.keys / keyring.STATION_PUB))
+        (self.paths.etc / "uplink.yaml").write_text(yaml.safe_dump({
+            "collector": {"endpoints": [f"tcp://127.0.0.1:{port}"], "server_key": server_key},
+            "confirm": {"after_s": 0, "every_s": 1.0}}))
+        where = self.collector_url or "embedded storage"
+        self.say(f"  central    collector on tcp://127.0.0.1:{port} ({where}), station {STATION_ID} allowed")
+
+    def collector_tool(self, *args: str) -> str:
+        done = subprocess.run([str(scripts_dir() / "station-collector"), *args], capture_output=True, text=True,
+                              env=self.env(self.central_paths), timeout=120)
+        if done.returncode != 0:
+            raise StationError(f"station-collector {args[0]} failed: {done.stderr.strip()}", code="demo")
+        return done.stdout
+
+    def start_collector(self) -> None:
+        self.spawn("collector", [str(scripts_dir() / "station-collector"), "serve"], paths=self.central_paths)
+
+    def wait_delivered(self) -> None:
+        """Until central has acknowledged and confirmed every record and every event."""
+        deadline = time.monotonic() + DELIVERY_TIMEOUT_S
+        outbox = Outbox(self.paths.store, read_only=True)
+        try:
+            while True:
+                self.check_alive()
+                backlog = outbox.backlog()
+                rows = {r.record_id: r for r in outbox.records()}
+                if backlog.records == 0 and backlog.events == 0 and all(r.confirmed_ns for r in rows.values()):
+                    break
+                if time.monotonic() > deadline:
+                    raise StationError(f"central has not confirmed everything after {DELIVERY_TIMEOUT_S:.0f} s: "
+                                       f"{backlog.to_dict()}; see {self.logs}/uplink.log", code="not_delivered")
+                time.sleep(0.3)
+            for record_id, row in rows.items():
+                self.delivery[record_id] = {"delivered": row.delivered_ns is not None,
+                                            "confirmed": row.confirmed_ns is not None,
+                                            "receipt": outbox.receipt(record_id)}
+            self.say(f"  central    {len(rows)} record(s) and {backlog.last_seq} event(s) acknowledged and "
+                     "confirmed")
+        finally:
+            outbox.close()
 
     def export(self, record_id: str) -> str:
-        """Central's side: open the sealed record with central's private key and write its
-        ANSI/NIST-ITL transaction, through the same command an operator would use."""
+        """Central's side: take the record from the collector's storage, open it with central's
+        private key and write its ANSI/NIST-ITL transaction, as a central operator would."""
         out = self.workdir / "export" / f"{record_id}.an2"
         out.parent.mkdir(exist_ok=True)
-        done = subprocess.run([str(scripts_dir() / "stationctl"), "--state", str(self.paths.state), "record",
-                               "export", record_id, "--key", str(self.central_key), "--out", str(out)],
-                              capture_output=True, text=True, env=self.env())
-        if done.returncode != 0:
-            raise StationError(f"export of record {record_id} failed: {done.stderr.strip()}", code="export_failed")
+        try:
+            self.collector_tool("export", record_id, "--key", str(self.central_key), "--out", str(out))
+        except StationError as exc:
+            raise StationError(f"export of record {record_id} failed: {exc.message}", code="export_failed") from None
         return str(out)
 
     def control(self) -> closing[CommandClient]:
@@ -307,7 +373,6 @@ class Demo:
                 done = step("finish", "session.finish", {"session": session})
                 result.record = done["record"]
                 result.timings_s["total"] = round(time.monotonic() - started, 3)
-                result.files = [self.export(result.record)]
             except StationError as exc:
                 result.error = f"{exc.code}: {exc.message}"
         return result
@@ -320,6 +385,7 @@ class Demo:
         codes: dict[str, int | None] = {}
         try:
             self.provision()
+            self.start_collector()
             port = self.start_emulator()
             self.say(f"  emulator   fingerprint sensor on {port}")
             write_config(self.paths.etc, port)
@@ -329,6 +395,10 @@ class Demo:
                 result = self.enroll(number)
                 self.results.append(result)
                 self.report(result)
+            self.wait_delivered()
+            for result in self.results:
+                if result.record:
+                    result.files = [self.export(result.record)]
         except StationError as exc:
             self.say(f"demo failed: {exc.message}")
             lost.append(exc.message)
@@ -341,9 +411,11 @@ class Demo:
                  f"records committed; summary in {self.workdir / 'summary.json'}")
         for problem in lost:
             self.say(f"  problem: {problem}")
-        if any(r.record for r in self.results):
-            self.say(f"  sealed records exported as ANSI/NIST-ITL to {self.workdir / 'export'}/; open one as central "
-                     f"would: stationctl --state {self.paths.state} record open RECORD --key {self.central_key}")
+        if any(r.files for r in self.results):
+            self.say(f"  records exported from central as ANSI/NIST-ITL to {self.workdir / 'export'}/; export one "
+                     f"again as central would: STATION_STATE={self.central_paths.state} "
+                     f"STATION_ETC={self.central_paths.etc} station-collector export RECORD --key {self.central_key} "
+                     "--out FILE.an2")
         return 0 if ok else 1
 
     def report(self, r: ApplicantResult) -> None:
@@ -367,9 +439,11 @@ class Demo:
             store = RecordStore.reader(self.paths.store)
             for r in self.results:
                 if r.record:
-                    problems += store.verify(r.record)
-                    if not all(Path(f).is_file() for f in r.files):
-                        problems.append(f"record {r.record} was not exported")
+                    if not self.delivery.get(r.record, {}).get("confirmed"):
+                        problems.append(f"record {r.record} was not confirmed by central")
+                        problems += store.verify(r.record)  # then it must still be here, intact
+                    if not r.files or not all(Path(f).is_file() for f in r.files):
+                        problems.append(f"record {r.record} was not exported from central")
             store.close()
         problems += [f"{name} exited with status {code} (see {self.logs}/{name}.log)"
                      for name, code in codes.items() if code not in (0, None)]
@@ -382,7 +456,11 @@ class Demo:
             "lost": len(problems),
             "problems": problems,
             "station": STATION_ID,
+            "delivered": sum(1 for r in self.results if self.delivery.get(r.record, {}).get("delivered")),
+            "confirmed": sum(1 for r in self.results if self.delivery.get(r.record, {}).get("confirmed")),
+            "collector": self.collector_url or "embedded",
             "paths": {"etc": str(self.paths.etc), "state": str(self.paths.state), "run": str(self.paths.run),
+                      "central_etc": str(self.central_paths.etc), "central_state": str(self.central_paths.state),
                       "central_key": str(self.central_key or ""),
                       "logs": {p.name: str(p.log_path) for p in self.processes}},
             "exports": [f for r in self.results for f in r.files],
@@ -390,7 +468,8 @@ class Demo:
             "results": [
                 {"applicant": r.number, "session": r.session, "record": r.record, "error": r.error,
                  "portrait": {k: r.portrait.get(k) for k in ("score", "passed", "forced")}, "fingers": r.fingers,
-                 "events": r.events, "timings_s": r.timings_s, "export": r.files[0] if r.files else None}
+                 "events": r.events, "timings_s": r.timings_s, "export": r.files[0] if r.files else None,
+                 "delivery": self.delivery.get(r.record, {"delivered": False, "confirmed": False})}
                 for r in self.results
             ],
         }
@@ -403,10 +482,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, help="where to put config, state, sockets and logs "
                                                       "(default: a new directory under /tmp)")
     parser.add_argument("--seed", type=int, default=1, help="seed for the demo applicants")
+    parser.add_argument("--collector", default="", metavar="nats://HOST:PORT",
+                        help="central's collector stores in NATS JetStream at this server (default: embedded)")
     args = parser.parse_args(argv)
     if args.applicants < 1:
         parser.error("--applicants must be at least 1")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="station-demo-", dir="/tmp"))
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    return Demo(workdir, args.applicants, args.seed).run()
+    if args.collector and not args.collector.startswith("nats://"):
+        parser.error("--collector takes a nats://HOST:PORT URL")
+    return Demo(workdir, args.applicants, args.seed, args.collector).run()

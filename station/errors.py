@@ -132,6 +132,7 @@ CODES: dict[str, str] = {
     "store_error": "the store could not be read or written",
     "store_busy": "another process holds the store's writer lock",
     "not_found": "no record with that id",
+    "purged": "the record was confirmed by central and its sealed payload purged here",
     "record_corrupt": "a stored record does not match its hash",
     "capture_missing": "a session capture is missing from the store",
     "bad_record": "a record cannot be built from what was given",
@@ -142,4 +143,11 @@ CODES: dict[str, str] = {
     "wrong_station": "the record is not signed by the station it names",
     "hash_mismatch": "a sealed record's content does not match its signed hashes",
     "decrypt_failed": "the record is sealed to another central key, or damaged",
+    # delivery to central (station/link.py)
+    "storage_unavailable": "the collector's storage cannot write now; the station retries",
+    "event_gap": "events do not follow the last one the collector stored; details.expected says which",
+    "record_conflict": "a record with that id but other content is stored already",
+    "record_too_large": "the record is larger than the collector's storage accepts",
+    "not_allowed": "the station is unknown or revoked at the collector",
+    "store_not_ready": "the record store has not been created or migrated by the controller yet",
 }

@@ -16,12 +16,14 @@ bad_key, capture_corrupt, keyring_io.
 """
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+import zmq
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -34,7 +36,8 @@ STATION_KEY = "station.key.pem"
 STATION_PUB = "station.pub.pem"
 CAPTURE_KEY = "capture.key"
 CENTRAL_PUB = "central.pub.pem"
-PRIVATE_FILES = (STATION_KEY, CAPTURE_KEY)
+TRANSPORT_KEY = "uplink.key"  # the uplink's CURVE secret key, Z85 (its public key is in STATION_PUB)
+PRIVATE_FILES = (STATION_KEY, CAPTURE_KEY, TRANSPORT_KEY)
 FIX_COMMAND = "stationctl provision --station-id ID --central-key FILE"
 MAX_KEY_FILE_BYTES = 64 * 1024
 NONCE_BYTES = 12
@@ -166,6 +169,17 @@ def load(keys_dir: Path) -> Keyring:
     return Keyring(keys_dir, signer.station_id, signer, central, CaptureCipher(capture_key))
 
 
+def load_transport(keys_dir: Path) -> tuple[bytes, bytes]:
+    """The uplink's CURVE key pair (public, secret), Z85: who the station is to the collector."""
+    path = Path(keys_dir) / TRANSPORT_KEY
+    secret = _read_key_file(path, True).strip()
+    try:
+        return zmq.curve_public(secret), secret
+    except (ValueError, zmq.ZMQError):
+        raise KeyringError(f"{path} does not hold a Z85 CURVE secret key; remove it and run: {FIX_COMMAND}",
+                           code="bad_key") from None
+
+
 def provision(keys_dir: Path, station_id: str, central_public_pem: bytes | None, *,
               owner: tuple[int, int] | None = None, rotate: bool = False) -> ProvisionResult:
     """Create what is missing, install the central key; replace station keys only on rotate.
@@ -207,7 +221,12 @@ def provision(keys_dir: Path, station_id: str, central_public_pem: bytes | None,
             signer = StationSigner.generate(station_id)
             _write_private(station_path, signer.to_pem(), True)
             written.append(STATION_KEY)
-        public_pem = signer.public().to_pem()
+        transport_path = keys_dir / TRANSPORT_KEY
+        if rotate or not transport_path.exists():
+            _write_private(transport_path, zmq.curve_keypair()[1], True)
+            written.append(TRANSPORT_KEY)
+        curve_public, _ = load_transport(keys_dir)
+        public_pem = dataclasses.replace(signer.public(), curve_key=curve_public.decode()).to_pem()
         _write_private(keys_dir / STATION_PUB, public_pem.encode("ascii"), True)
         written.append(STATION_PUB)
         if not (keys_dir / CAPTURE_KEY).exists():
@@ -221,7 +240,7 @@ def provision(keys_dir: Path, station_id: str, central_public_pem: bytes | None,
                              _read_key_file(keys_dir / CENTRAL_PUB, False))
         _fsync_dir(keys_dir)
         if owner is not None:
-            for path in [keys_dir, *(keys_dir / name for name in (STATION_KEY, STATION_PUB, CAPTURE_KEY, CENTRAL_PUB))]:
+            for path in [keys_dir, *(keys_dir / name for name in (*PRIVATE_FILES, STATION_PUB, CENTRAL_PUB))]:
                 if path.exists():
                     os.chown(path, *owner, follow_symlinks=False)
     except OSError as exc:

@@ -11,7 +11,12 @@ to the ZAP handler as the address ``<host>:<uid>:<gid>:<pid>``; this module deci
 - ``station.pub`` (a subscriber checking the publisher it connected to): the station's own
   user and root only, so only the station's daemons publish driver status.
 
-A refused peer's connection is closed by libzmq; the refusal is logged once per uid.
+On TCP (the collector) the peer is a CURVE key: a domain registered with ``allow_curve``
+asks its lookup for the station that key belongs to; the answer becomes the connection's
+``User-Id``, which the collector reads from every message instead of trusting what the
+message says about itself.
+
+A refused peer's connection is closed by libzmq; the refusal is logged once per uid or key.
 """
 from __future__ import annotations
 
@@ -20,8 +25,10 @@ import logging
 import os
 import pwd
 from dataclasses import dataclass, field
+from typing import Callable
 
 import zmq
+import zmq.utils.z85
 
 log = logging.getLogger("station.peers")
 
@@ -81,13 +88,36 @@ class ZapHandler:
         self.socket = ctx.socket(zmq.REP)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.bind(ZAP_ENDPOINT)
-        self.refused: dict[int | None, int] = {}
+        self.refused: dict[int | str | None, int] = {}
+        self._curve: dict[str, Callable[[bytes], str | None]] = {}
+
+    def allow_curve(self, domain: str, lookup: Callable[[bytes], str | None]) -> None:
+        """CURVE clients on ``domain``: ``lookup(public_key)`` names the peer, or None refuses it."""
+        self._curve[domain] = lookup
+
+    def _answer_curve(self, frames: list[bytes]) -> None:
+        version, request_id, domain, address = frames[:4]
+        key = frames[6] if len(frames) > 6 else b""
+        lookup = self._curve.get(domain.decode("ascii", "replace"))
+        user = lookup(key) if lookup is not None and len(key) == 32 else None
+        if user:
+            self.socket.send_multipart([version, request_id, b"200", b"OK", user.encode(), b""])
+            return
+        z85 = zmq.utils.z85.encode(key).decode() if len(key) == 32 else "?"
+        self.refused[z85] = self.refused.get(z85, 0) + 1
+        if self.refused[z85] == 1:
+            log.warning("refused a CURVE client on %s from %s: key %s is not allowed (unknown or revoked)",
+                        domain.decode("ascii", "replace"), address.decode("ascii", "replace")[:60], z85)
+        self.socket.send_multipart([version, request_id, b"400", b"key not allowed", b"", b""])
 
     def handle_ready(self) -> None:
         while self.socket.poll(0):
             frames = self.socket.recv_multipart()
             if len(frames) < 6:
                 self.socket.send_multipart([b"1.0", b"", b"500", b"malformed ZAP request", b"", b""])
+                continue
+            if frames[5] == b"CURVE":
+                self._answer_curve(frames)
                 continue
             version, request_id, domain, address = frames[:4]
             peer = parse_address(address)

@@ -141,6 +141,9 @@ def _load_keys(blocks: list[bytes], kinds: tuple[type, ...], private: bool, what
     return found
 
 
+_CURVE_KEY_RE = re.compile(r"[0-9a-zA-Z.:+=^!/*?&<>()\[\]{}@%$#-]{40}")
+
+
 def _check_station_id(fields: dict[str, str], what: str) -> str:
     station_id = fields.get("Station-Id")
     if not valid_station_id(station_id):
@@ -150,11 +153,14 @@ def _check_station_id(fields: dict[str, str], what: str) -> str:
 
 @dataclass(frozen=True)
 class StationPublicKeys:
-    """What central and the gateway need to recognise one station's signatures."""
+    """What central and the gateway need to recognise one station: its two signing keys
+    and, for the collector's allowlist, its uplink's CURVE public key (Z85, not signed
+    over: it names the connection, the signatures name the records)."""
 
     station_id: str
     ed25519: ed25519.Ed25519PublicKey = field(compare=False, repr=False)
     mldsa65: mldsa.MLDSA65PublicKey = field(compare=False, repr=False)
+    curve_key: str = field(default="", compare=False)
     key_id: str = field(init=False, compare=True)
 
     def __post_init__(self) -> None:
@@ -176,16 +182,20 @@ class StationPublicKeys:
                             f"(key {self.key_id[:16]}) does not verify", code="bad_signature")
 
     def to_pem(self) -> str:
-        return (f"Station-Id: {self.station_id}\nKey-Id: {self.key_id}\n"
+        curve = f"Curve-Key: {self.curve_key}\n" if self.curve_key else ""
+        return (f"Station-Id: {self.station_id}\nKey-Id: {self.key_id}\n{curve}"
                 + (_spki_pem(self.ed25519) + _spki_pem(self.mldsa65)).decode("ascii"))
 
     @classmethod
     def from_pem(cls, pem: bytes | str) -> "StationPublicKeys":
-        fields, blocks = _split_bundle(pem, "station public key bundle", ("Station-Id", "Key-Id"))
+        fields, blocks = _split_bundle(pem, "station public key bundle", ("Station-Id", "Key-Id", "Curve-Key"))
         station_id = _check_station_id(fields, "station public key bundle")
         ed, ml = _load_keys(blocks, (ed25519.Ed25519PublicKey, mldsa.MLDSA65PublicKey), False,
                             "station public key bundle")
-        keys = cls(station_id, ed, ml)
+        curve = fields.get("Curve-Key", "")
+        if curve and not _CURVE_KEY_RE.fullmatch(curve):
+            raise SealError("station public key bundle: 'Curve-Key:' is not a 40-character Z85 key", code="bad_key")
+        keys = cls(station_id, ed, ml, curve)
         if "Key-Id" in fields and fields["Key-Id"] != keys.key_id:
             raise SealError(f"station public key bundle: Key-Id {fields['Key-Id']} does not match "
                             f"its keys ({keys.key_id})", code="bad_key")

@@ -13,7 +13,9 @@ journals the event. A crash at any point leaves either no row (and a stray file 
 ``recover()`` removes) or a complete record.
 
 One process writes (the controller): it holds an exclusive lock on ``writer.lock``, and
-only it runs recovery and migrations; others open the store read-only and touch nothing.
+only it runs recovery and migrations; tools open the store read-only and touch nothing.
+The uplink is the one exception, through ``station.outbox``: it writes only the delivery
+columns of committed records, its event cursor, and removes a sealed file it purges.
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ from typing import Any, Callable, Iterator, Protocol
 from station import locks
 from station.errors import StationError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SEALED_SUFFIX = ".sealed"
 
 SCHEMA = """
@@ -70,6 +72,10 @@ CREATE TABLE IF NOT EXISTS journal (
     t_ns   INTEGER NOT NULL,
     topic  TEXT NOT NULL,
     body   TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS uplink (
+    name   TEXT PRIMARY KEY,          -- 'events_acked': the last journal seq central stored
+    value  INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS audit (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -391,6 +397,9 @@ class RecordStore:
         row = self.get(record_id)
         if row is None:
             raise StoreError(f"record {record_id} is not in the store", code="not_found")
+        if row.purged_ns is not None:
+            raise StoreError(f"record {record_id} was confirmed by central and purged from this station; "
+                             "central holds it", code="purged")
         data = self.sealed_path(record_id).read_bytes()
         if hashlib.sha256(data).hexdigest() != row.sealed_sha256:
             raise StoreError(f"record {record_id}: the sealed file does not match its stored hash",

@@ -31,6 +31,11 @@ def demo(tmp_path_factory):
 def test_demo_enrolls_every_applicant_and_loses_nothing(demo):
     workdir, out, summary = demo
     assert summary["committed"] == 3 and summary["lost"] == 0, summary["problems"]
+    assert summary["delivered"] == 3 and summary["confirmed"] == 3 and summary["collector"] == "embedded"
+    for result in summary["results"]:  # central acknowledged and later confirmed each, with a receipt
+        delivery = result["delivery"]
+        assert delivery["delivered"] and delivery["confirmed"]
+        assert delivery["receipt"]["record"] == result["record"] and delivery["receipt"]["collector"]
     assert all(code == 0 for code in summary["exit_codes"].values()), summary["exit_codes"]
     store = RecordStore.reader(Path(summary["paths"]["state"]) / "store")
     for result in summary["results"]:

@@ -4,8 +4,8 @@ import stat
 
 import pytest
 
-from station.keyring import (CAPTURE_KEY, CENTRAL_PUB, FIX_COMMAND, STATION_KEY, STATION_PUB,
-                             CaptureCipher, KeyringError, load, provision, write_central_pair)
+from station.keyring import (CAPTURE_KEY, CENTRAL_PUB, FIX_COMMAND, STATION_KEY, STATION_PUB, TRANSPORT_KEY,
+                             CaptureCipher, KeyringError, load, load_transport, provision, write_central_pair)
 from station.sealing import (CentralPrivateKey, CentralPublicKey, SealError, StationPublicKeys,
                              open_sealed, seal, verify)
 
@@ -33,11 +33,13 @@ def test_provision_creates_private_files_and_a_working_keyring(tmp_path, central
     keys = tmp_path / "state" / "keys"
     result = provision(keys, "VN-HP-0001", central_pub)
     assert _mode(keys) == 0o700
-    assert sorted(p.name for p in keys.iterdir()) == sorted([STATION_KEY, STATION_PUB, CAPTURE_KEY, CENTRAL_PUB])
+    assert sorted(p.name for p in keys.iterdir()) == sorted([STATION_KEY, STATION_PUB, CAPTURE_KEY, CENTRAL_PUB,
+                                                             TRANSPORT_KEY])
     assert all(_mode(p) == 0o600 for p in keys.iterdir())
     assert len((keys / CAPTURE_KEY).read_bytes()) == 32
     exported = StationPublicKeys.from_pem(result.station_public_pem)
     assert (result.station_id, exported.station_id) == ("VN-HP-0001", "VN-HP-0001")
+    assert exported.curve_key.encode() == load_transport(keys)[0]  # the collector admits this key
     assert exported.key_id == result.station_key_id and result.central_key_id == central_key.key_id
     assert result.previous_station_key_id is None
     assert "VN-HP-0001" in result.report() and result.station_key_id in result.report()

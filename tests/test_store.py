@@ -11,7 +11,7 @@ import textwrap
 import pytest
 
 from station.keyring import CaptureCipher
-from station.store import RecordStore, StoreError
+from station.store import SCHEMA_VERSION, RecordStore, StoreError
 
 pytestmark = pytest.mark.timeout(60)
 CIPHER = CaptureCipher(bytes(range(32)))
@@ -168,7 +168,7 @@ def test_migration_seals_schema_1_records_and_removes_their_plaintext(tmp_path):
     assert row.created_ns == 42 and row.content_type == "application/vnd.station.legacy-record"
     assert store.sealed("old1") == b"SEALED:old1"
     assert not (root / "records" / "old1").exists()
-    assert store.db.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     store.close()
     raw = b"".join(p.read_bytes() for p in root.rglob("*") if p.is_file())
     assert b"ERIKSSON" not in raw and b"JFIF-plain" not in raw
@@ -177,7 +177,7 @@ def test_migration_seals_schema_1_records_and_removes_their_plaintext(tmp_path):
 DISK_FULL = textwrap.dedent("""
     import sys
     from station.keyring import CaptureCipher
-    from station.store import RecordStore, StoreError
+    from station.store import SCHEMA_VERSION, RecordStore, StoreError
     store = RecordStore(sys.argv[1], cipher=CaptureCipher(bytes(32)))
     committed = []
     for i in range(1000):

@@ -1,0 +1,1 @@
+"""Central intake: the collector gateway stations deliver to, and its storage backends."""
