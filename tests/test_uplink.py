@@ -2,13 +2,18 @@
 import random
 import signal
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import zmq
 
-from delivery_harness import BIN, Central, UplinkProcess, fill_store, journal, outbox_state, wait_for
+from delivery_harness import BIN, Central, Relay, UplinkProcess, fill_store, free_port, journal, outbox_state, wait_for
 from station import keyring
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from linkemu import EmulatedLink  # noqa: E402  (the benchmark's emulated 4G path)
 from station.bus import CommandClient
 from station.store import RecordStore
 
@@ -160,11 +165,44 @@ def test_a_partly_sent_record_resumes_where_the_collector_spool_ends(station, ce
 
 
 def test_events_are_not_stuck_behind_a_record_backlog(station, central, uplinks):
-    fill_store(station["state"], 40, 400_000)                   # 16 MB of records waiting
+    fill_store(station["state"], 20, 400_000)                   # 8 MB: over 6 s on a 10 Mbit/s link
     central.start()
-    uplinks(station["env"], station["etc"], central, extra={"window": {"bytes": 524288, "messages": 4}})
-    wait_for(lambda: outbox_state(station["state"])["delivered"] >= 1, 30, "the drain started")
-    journal(station["state"], 5)                                # events happen during the drain
-    last = outbox_state(station["state"])["backlog"].last_seq
-    wait_for(lambda: outbox_state(station["state"])["backlog"].events_acked >= last, 30, "the new events acked")
-    assert outbox_state(station["state"])["backlog"].records > 0  # ... before the records were all through
+    with EmulatedLink(rate_mbit=10, delay_ms=30, blackhole_s=0, target=("127.0.0.1", central.port)) as path:
+        uplinks(station["env"], station["etc"], central, endpoints=[f"tcp://127.0.0.1:{path.address[1]}"],
+                extra={"window": {"bytes": 1_000_000, "messages": 8}})
+        wait_for(lambda: outbox_state(station["state"])["delivered"] >= 1, 30, "the drain started")
+        journal(station["state"], 5)                            # events happen during the drain
+        last = outbox_state(station["state"])["backlog"].last_seq
+        wait_for(lambda: outbox_state(station["state"])["backlog"].events_acked >= last, 30, "the new events acked",
+                 interval_s=0.05)
+        assert outbox_state(station["state"])["backlog"].records >= 5  # long before the records are through
+
+
+def test_a_black_holed_path_is_noticed_and_left_for_a_new_connection(station, central, uplinks, ctx):
+    central.start()
+    relay = Relay(central.port)
+    try:
+        uplinks(station["env"], station["etc"], central, endpoints=[f"tcp://127.0.0.1:{relay.port}"],
+                extra={"stall_s": 2.0, "heartbeat_s": 0.5})
+        fill_store(station["state"], 2, 10_000)
+        wait_for(lambda: outbox_state(station["state"])["delivered"] == 2, 30, "first delivery")
+        relay.blackhole(True)                                    # silently, connections stay open
+        ids = fill_store(station["state"], 2, 10_000, start=2)
+        wait_for(lambda: uplink_status(station, ctx)["stalls"] >= 1, 15, "the stall noticed")
+        wait_for(lambda: relay.connections >= 2, 10, "a new connection")  # it dialled again, not waited forever
+        assert "no answer for 2 s" in uplink_status(station, ctx)["last_error"]
+        relay.blackhole(False)
+        wait_for(lambda: outbox_state(station["state"])["confirmed"] == 4, 30, "delivery after the hole")
+        assert set(ids) <= set(central.records())
+    finally:
+        relay.close()
+
+
+def test_several_endpoints_fail_over_to_the_next(station, central, uplinks):
+    central.start()
+    dead = f"tcp://127.0.0.1:{free_port()}"                     # nobody listens there
+    uplinks(station["env"], station["etc"], central, endpoints=[dead, f"tcp://127.0.0.1:{central.port}"],
+            extra={"stall_s": 1.0})
+    ids = fill_store(station["state"], 3, 10_000)
+    wait_for(lambda: outbox_state(station["state"])["confirmed"] == 3, 30, "delivery via the second endpoint")
+    assert sorted(central.records()) == sorted(ids)
