@@ -568,13 +568,11 @@ class EmulatedLink:
 # --------------------------------------------------------------------------- helpers
 
 
-class EchoServer:
-    """A threaded TCP echo server on 127.0.0.1 (``address``); ``arrivals`` logs
-    (monotonic time, bytes) of everything it receives if ``log=True``."""
+class _TcpServer:
+    """A threaded TCP server on 127.0.0.1 (``address``), one thread per connection running
+    ``serve(conn)``; ``close()`` ends them all."""
 
-    def __init__(self, log: bool = False):
-        self.log = log
-        self.arrivals: list[tuple[float, int]] = []
+    def __init__(self):
         self._sock = socket.create_server(("127.0.0.1", 0))
         self.address = self._sock.getsockname()[:2]
         self._conns: list[socket.socket] = []
@@ -588,19 +586,12 @@ class EchoServer:
             except OSError:
                 return
             self._conns.append(conn)
-            threading.Thread(target=self._echo, args=(conn,), daemon=True).start()
+            threading.Thread(target=self.serve, args=(conn,), daemon=True).start()
 
-    def _echo(self, conn: socket.socket) -> None:
-        try:
-            while data := conn.recv(65536):
-                if self.log:
-                    self.arrivals.append((time.monotonic(), len(data)))
-                conn.sendall(data)
-            conn.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
+    def serve(self, conn: socket.socket) -> None:
+        raise NotImplementedError
 
-    def __enter__(self) -> "EchoServer":
+    def __enter__(self):
         return self
 
     def __exit__(self, *exc) -> None:
@@ -615,6 +606,26 @@ class EchoServer:
                 pass
             conn.close()
         self._thread.join(timeout=2)
+
+
+class EchoServer(_TcpServer):
+    """A threaded TCP echo server on 127.0.0.1 (``address``); ``arrivals`` logs
+    (monotonic time, bytes) of everything it receives if ``log=True``."""
+
+    def __init__(self, log: bool = False):
+        self.log = log
+        self.arrivals: list[tuple[float, int]] = []
+        super().__init__()
+
+    def serve(self, conn: socket.socket) -> None:
+        try:
+            while data := conn.recv(65536):
+                if self.log:
+                    self.arrivals.append((time.monotonic(), len(data)))
+                conn.sendall(data)
+            conn.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
 
 
 def _close_listener(sock: socket.socket) -> None:
@@ -635,7 +646,7 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
     return bytes(buf)
 
 
-class _BulkReceiver:
+class _BulkReceiver(_TcpServer):
     """Counts and hashes one bulk transfer; tells a reconnecting sender where to resume."""
 
     def __init__(self, total_bytes: int):
@@ -646,21 +657,9 @@ class _BulkReceiver:
         self.done = threading.Event()
         self._lock = threading.Lock()
         self._current: socket.socket | None = None
-        self._sock = socket.create_server(("127.0.0.1", 0))
-        self.address = self._sock.getsockname()[:2]
-        self._conns: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__()
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                return
-            self._conns.append(conn)
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
+    def serve(self, conn: socket.socket) -> None:
         try:
             hello = _recv_exact(conn, 1)
             with self._lock:   # a new connection supersedes the old one
@@ -693,15 +692,6 @@ class _BulkReceiver:
                     return
         except OSError:
             return
-
-    def close(self) -> None:
-        _close_listener(self._sock)
-        for conn in self._conns:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            conn.close()
 
 
 def tcp_bulk_baseline(link_factory, total_bytes: int, *, chunk_bytes: int = 65536,

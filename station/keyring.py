@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from station.errors import StationError
 from station.sealing import (CentralPrivateKey, CentralPublicKey, SealError, StationSigner,
                              valid_station_id)
-from station.store import _fsync_dir, _write_private
+from station.store import fsync_dir, write_private
 
 STATION_KEY = "station.key.pem"
 STATION_PUB = "station.pub.pem"
@@ -219,26 +219,26 @@ def provision(keys_dir: Path, station_id: str, central_public_pem: bytes | None,
         signer = previous
         if previous is None or rotate:
             signer = StationSigner.generate(station_id)
-            _write_private(station_path, signer.to_pem(), True)
+            write_private(station_path, signer.to_pem(), True)
             written.append(STATION_KEY)
         transport_path = keys_dir / TRANSPORT_KEY
         if rotate or not transport_path.exists():
-            _write_private(transport_path, zmq.curve_keypair()[1], True)
+            write_private(transport_path, zmq.curve_keypair()[1], True)
             written.append(TRANSPORT_KEY)
         curve_public, _ = load_transport(keys_dir)
         public_pem = dataclasses.replace(signer.public(), curve_key=curve_public.decode()).to_pem()
-        _write_private(keys_dir / STATION_PUB, public_pem.encode("ascii"), True)
+        write_private(keys_dir / STATION_PUB, public_pem.encode("ascii"), True)
         written.append(STATION_PUB)
         if not (keys_dir / CAPTURE_KEY).exists():
-            _write_private(keys_dir / CAPTURE_KEY, os.urandom(32), True)
+            write_private(keys_dir / CAPTURE_KEY, os.urandom(32), True)
             written.append(CAPTURE_KEY)
         if central is not None:
-            _write_private(keys_dir / CENTRAL_PUB, central.to_pem(), True)
+            write_private(keys_dir / CENTRAL_PUB, central.to_pem(), True)
             written.append(CENTRAL_PUB)
         elif (keys_dir / CENTRAL_PUB).exists():
             central = _parse(keys_dir / CENTRAL_PUB, CentralPublicKey.from_pem,
                              _read_key_file(keys_dir / CENTRAL_PUB, False))
-        _fsync_dir(keys_dir)
+        fsync_dir(keys_dir)
         if owner is not None:
             for path in [keys_dir, *(keys_dir / name for name in (*PRIVATE_FILES, STATION_PUB, CENTRAL_PUB))]:
                 if path.exists():
@@ -267,10 +267,10 @@ def write_central_pair(directory: Path) -> tuple[Path, Path]:
                              "remove it to generate a new test pair")
         else:
             central = CentralPrivateKey.generate()
-            _write_private(key_path, central.to_pem(), True)
-        _write_private(pub_path, central.public().to_pem(), True)
+            write_private(key_path, central.to_pem(), True)
+        write_private(pub_path, central.public().to_pem(), True)
         os.chmod(pub_path, 0o644)
-        _fsync_dir(directory)
+        fsync_dir(directory)
     except OSError as exc:
         raise KeyringError(f"cannot write the central key pair to {directory}: {exc}", code="keyring_io") from exc
     return key_path, pub_path

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from station.store import SCHEMA_VERSION, SEALED_SUFFIX, JournalEntry, RecordRow, StoreError, _fsync_dir
+from station.store import SCHEMA_VERSION, SEALED_SUFFIX, JournalEntry, RecordRow, StoreError, fsync_dir
 
 _COLUMNS = ("record_id, session_id, created_ns, content_type, sealed_bytes, sealed_sha256, summary, "
             "delivered_ns, confirmed_ns, purged_ns")
@@ -130,7 +130,7 @@ class Outbox:
                     (now_ns or time.time_ns(), record_id))
         (self.records_dir / f"{record_id}{SEALED_SUFFIX}").unlink(missing_ok=True)
         if self.fsync:
-            _fsync_dir(self.records_dir)
+            fsync_dir(self.records_dir)
 
     def receipt(self, record_id: str) -> dict[str, Any] | None:
         with self._lock:

@@ -134,7 +134,7 @@ class JournalEntry:
         return {"seq": self.seq, "t_ns": self.t_ns, "topic": self.topic, "body": self.body}
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -142,7 +142,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_private(path: Path, data: bytes, fsync: bool) -> None:
+def write_private(path: Path, data: bytes, fsync: bool) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
@@ -364,9 +364,9 @@ class RecordStore:
         path = self.sealed_path(record_id)
         if path.exists():
             raise StoreError(f"record {record_id} exists already")
-        _write_private(path, sealed, self.fsync)
+        write_private(path, sealed, self.fsync)
         if self.fsync:
-            _fsync_dir(self.records_dir)
+            fsync_dir(self.records_dir)
         return path
 
     def commit_record(self, record_id: str, session_id: str, content_type: str, sealed: bytes,

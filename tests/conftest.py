@@ -1,4 +1,5 @@
 import os
+import signal
 import tempfile
 from pathlib import Path
 
@@ -40,3 +41,21 @@ def provisioned(station_env):
     central_key, central_pub = keyring.write_central_pair(station_env["state"].parent / "central")
     keyring.provision(station_env["state"] / "keys", "VN-HP-0001", central_pub.read_bytes())
     return {**station_env, "central_key": central_key, "central_pub": central_pub}
+
+
+@pytest.fixture
+def station(provisioned):
+    """A provisioned station whose delivered records may be purged at once (retention 0)."""
+    (provisioned["etc"] / "controller.yaml").write_text("store:\n  retention_days: 0\n  fsync: false\n")
+    return provisioned
+
+
+@pytest.fixture
+def central(station, tmp_path):
+    """Central's collector gateway (not started), allowing ``station``; killed at the end."""
+    from delivery_harness import Central
+    from station import keyring
+
+    gateway = Central(tmp_path / "central", [station["state"] / "keys" / keyring.STATION_PUB])
+    yield gateway
+    gateway.stop(signal.SIGKILL)

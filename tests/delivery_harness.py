@@ -135,7 +135,30 @@ class Relay:
         self.listener.close()
 
 
-class Central:
+class Program:
+    """One of our programs as a process of its own, its output appended to ``log``."""
+
+    argv: list[str]
+    env: dict
+    log: Path
+    proc: subprocess.Popen | None = None
+
+    def start(self):
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(10)
+        self.proc = None
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+class Central(Program):
     """A collector gateway with its own etc/state/run, allowing the given stations."""
 
     def __init__(self, root: Path, stations: list[Path], *, port: int | None = None, extra: dict | None = None):
@@ -152,7 +175,7 @@ class Central:
         self.public_key = out.split('server_key: "')[1].split('"')[0]
         for bundle in stations:
             self.tool("allow", str(bundle))
-        self.proc: subprocess.Popen | None = None
+        self.argv = [str(BIN / "station-collector"), "serve"]
         self.log = root / "collector.log"
 
     @property
@@ -168,18 +191,6 @@ class Central:
         if check and result.returncode != 0:
             raise AssertionError(f"station-collector {' '.join(args)}: {result.stderr}")
         return result.stdout
-
-    def start(self) -> "Central":
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen([str(BIN / "station-collector"), "serve"], env=self.env, stdout=log,
-                                         stderr=subprocess.STDOUT)
-        return self
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            self.proc.wait(10)
-        self.proc = None
 
     def reload(self) -> None:
         self.proc.send_signal(signal.SIGHUP)
@@ -204,11 +215,9 @@ class Central:
         args = ["watch"] + (["--station", station] if station else [])
         return [json.loads(line) for line in self.tool(*args).splitlines()]
 
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
 
 
-class UplinkProcess:
+class UplinkProcess(Program):
     def __init__(self, env: dict, etc: Path, central: Central | None, *, extra: dict | None = None,
                  endpoints: list[str] | None = None, log: Path | None = None):
         self.env = env
@@ -219,22 +228,7 @@ class UplinkProcess:
             "confirm": {"after_s": 0, "every_s": 0.5}, **(extra or {})}
         (etc / "uplink.yaml").write_text(yaml.safe_dump(self.config))
         self.log = log or etc.parent / "uplink.log"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> "UplinkProcess":
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen([str(BIN / "station-uplink")], env=self.env, stdout=log,
-                                         stderr=subprocess.STDOUT)
-        return self
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            self.proc.wait(10)
-        self.proc = None
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
+        self.argv = [str(BIN / "station-uplink")]
 
 
 def outbox_state(state: Path) -> dict:

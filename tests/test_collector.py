@@ -1,30 +1,19 @@
 """The collector's door: who may connect, what it accepts, and what crosses the wire."""
 import hashlib
 import os
-import signal
 
 import pytest
-import yaml
 import zmq
 
-from delivery_harness import Central, Relay, UplinkProcess, fill_store, outbox_state, wait_for
+from delivery_harness import Relay, UplinkProcess, fill_store, outbox_state, wait_for
 from station import keyring, link, sealing
-from station.store import RecordStore
 
 pytestmark = pytest.mark.timeout(120)
 
 
-@pytest.fixture
-def station(provisioned):
-    (provisioned["etc"] / "controller.yaml").write_text("store:\n  retention_days: 0\n  fsync: false\n")
-    return provisioned
-
-
-@pytest.fixture
-def central(station, tmp_path):
-    central = Central(tmp_path / "central", [station["state"] / "keys" / keyring.STATION_PUB]).start()
-    yield central
-    central.stop(signal.SIGKILL)
+@pytest.fixture(autouse=True)
+def running(central):
+    return central.start()
 
 
 class RawStation:

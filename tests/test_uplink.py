@@ -7,10 +7,8 @@ import time
 from pathlib import Path
 
 import pytest
-import zmq
 
-from delivery_harness import BIN, Central, Relay, UplinkProcess, fill_store, free_port, journal, outbox_state, wait_for
-from station import keyring
+from delivery_harness import BIN, Relay, UplinkProcess, fill_store, free_port, journal, outbox_state, wait_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from linkemu import EmulatedLink  # noqa: E402  (the benchmark's emulated 4G path)
@@ -18,19 +16,6 @@ from station.bus import CommandClient
 from station.store import RecordStore
 
 pytestmark = pytest.mark.timeout(180)
-
-
-@pytest.fixture
-def station(provisioned):
-    (provisioned["etc"] / "controller.yaml").write_text("store:\n  retention_days: 0\n  fsync: false\n")
-    return provisioned
-
-
-@pytest.fixture
-def central(station, tmp_path):
-    central = Central(tmp_path / "central", [station["state"] / "keys" / keyring.STATION_PUB])
-    yield central
-    central.stop(signal.SIGKILL)
 
 
 @pytest.fixture

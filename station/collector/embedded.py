@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import sqlite3
 import threading
 import time
@@ -21,6 +20,7 @@ from typing import Any, Iterator
 
 from station.collector.storage import EventGap, NewRecord, StationEvent, StationInfo, StorageError, StoredRecord
 from station.errors import StationError
+from station.store import fsync_dir, write_private
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS stations (
@@ -47,14 +47,6 @@ CREATE TABLE IF NOT EXISTS records (
 );
 CREATE INDEX IF NOT EXISTS records_station ON records(station_id);
 """
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class EmbeddedStorage:
@@ -152,21 +144,11 @@ class EmbeddedStorage:
         for record, stored in fresh:
             path = self.data_dir / stored.ref
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            temporary = path.with_name(f".{path.name}.tmp")
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                view = memoryview(record.sealed)
-                while view:
-                    view = view[os.write(fd, view):]
-                if self.fsync:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(temporary, path)
+            write_private(path, record.sealed, self.fsync)
             directories.add(path.parent)
         if self.fsync:
             for directory in directories:
-                _fsync_dir(directory)
+                fsync_dir(directory)
 
     def find_record(self, record_id: str) -> StoredRecord | None:
         with self._lock:

@@ -17,13 +17,16 @@ import json
 import os
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import zmq
 
 from station import config, record, sealing
 from station.collector import gateway
 from station.collector.allowlist import SUFFIX, Allowlist
+from station.collector.storage import Storage
 from station.errors import StationError
 from station.paths import Paths
 
@@ -66,29 +69,33 @@ def cmd_allow(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_watch(args: argparse.Namespace) -> int:
+@contextmanager
+def _storage(args: argparse.Namespace) -> Iterator[tuple[dict, Path, Storage]]:
+    """The running gateway's storage, opened beside it for reading."""
     cfg, directory = _config(args)
     storage = gateway.open_storage(cfg, directory, read_only=True)
     try:
-        for event in storage.events(args.station, args.since, follow=args.follow, timeout_s=args.timeout):
-            print(json.dumps(event.to_dict(), sort_keys=True, ensure_ascii=False), flush=True)
-    except KeyboardInterrupt:
-        pass
+        yield cfg, directory, storage
     finally:
         storage.close()
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    with _storage(args) as (_cfg, _directory, storage):
+        try:
+            for event in storage.events(args.station, args.since, follow=args.follow, timeout_s=args.timeout):
+                print(json.dumps(event.to_dict(), sort_keys=True, ensure_ascii=False), flush=True)
+        except KeyboardInterrupt:
+            pass
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    cfg, directory = _config(args)
-    storage = gateway.open_storage(cfg, directory, read_only=True)
-    try:
+    with _storage(args) as (cfg, directory, storage):
         found = storage.find_record(args.record)
         if found is None:
             raise StationError(f"record {args.record} is not at this collector", code="not_found")
         blob = storage.get_record(args.record)
-    finally:
-        storage.close()
     station = Allowlist.load(directory / cfg["stations_dir"], []).keys(found.station_id)
     central = sealing.CentralPrivateKey.from_pem(Path(args.key).read_bytes())
     header, plaintext = sealing.open_sealed(blob, central, station)
@@ -102,15 +109,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_stations(args: argparse.Namespace) -> int:
-    cfg, directory = _config(args)
-    storage = gateway.open_storage(cfg, directory, read_only=True)
-    try:
+    with _storage(args) as (_cfg, _directory, storage):
         for info in storage.stations():
             row = info.to_dict()
             row["last_seen_age_s"] = round((time.time_ns() - info.last_seen_ns) / 1e9, 1) if info.last_seen_ns else None
             print(json.dumps(row, sort_keys=True))
-    finally:
-        storage.close()
     return 0
 
 
