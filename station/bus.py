@@ -101,6 +101,7 @@ class Publisher:
         heartbeat_s: float = HEARTBEAT_S,
         heartbeat_fields: Callable[[], dict] | None = None,
         heartbeat_event: str = "heartbeat",
+        watch_subscribers: bool = False,
     ):
         check_tcp_secured(endpoint, curve=False)
         self.kind, self.src, self.boot = kind, src, boot
@@ -110,7 +111,9 @@ class Publisher:
         self.endpoint = endpoint
         self.heartbeat_s = heartbeat_s
         self._heartbeat_fields = heartbeat_fields
-        self.socket = ctx.socket(zmq.PUB)
+        # XPUB tells who subscribes to what, so a publisher can skip work nobody would see.
+        self.socket = ctx.socket(zmq.XPUB if watch_subscribers else zmq.PUB)
+        self.subscriptions: set[bytes] = set()
         self.socket.setsockopt(zmq.SNDHWM, hwm)
         self.socket.setsockopt(zmq.LINGER, 0)
         bind(self.socket, endpoint)
@@ -141,6 +144,21 @@ class Publisher:
             self.socket.send(part, zmq.SNDMORE if i < last else 0, copy=False)
         self._last_send = time.monotonic()
         return seq
+
+    def handle_subscriptions(self) -> None:
+        """Read subscription changes (``watch_subscribers``): libzmq passes the first
+        subscription to a topic prefix and the last unsubscription, so a set suffices."""
+        while self.socket.poll(0):
+            message = self.socket.recv()
+            if message[:1] == b"\x01":
+                self.subscriptions.add(message[1:])
+            elif message[:1] == b"\x00":
+                self.subscriptions.discard(message[1:])
+
+    def subscribed(self, event: str, name: str | None = None) -> bool:
+        """Would anyone receive ``<kind>.<name>.<event>``? (Only with ``watch_subscribers``.)"""
+        topic = topic_for(self.kind, name or self.src, event).encode()
+        return any(topic.startswith(prefix) for prefix in self.subscriptions)
 
     def tick(self, now: float | None = None) -> bool:
         """Send a heartbeat if nothing went out for ``heartbeat_s``; True if one was sent."""

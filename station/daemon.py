@@ -79,13 +79,17 @@ class Daemon:
     def load_config(self) -> dict[str, Any]:
         return config.load(self.section or self.kind, self.name, self.paths.etc, self.overrides)
 
-    def add_publisher(self, endpoint: str, hwm: int = 1000, heartbeat_event: str = "heartbeat") -> Publisher:
+    def add_publisher(self, endpoint: str, hwm: int = 1000, heartbeat_event: str = "heartbeat",
+                      watch_subscribers: bool = False) -> Publisher:
         publisher = Publisher(
             self.ctx, endpoint, kind=self.kind, src=self.name, boot=self.boot, hwm=hwm,
             heartbeat_s=self.heartbeat_s(),
             heartbeat_fields=lambda: {"state": self.state}, heartbeat_event=heartbeat_event,
+            watch_subscribers=watch_subscribers,
         )
         self.publishers.append(publisher)
+        if watch_subscribers:
+            self.add_reader(publisher.socket, publisher.handle_subscriptions)
         return publisher
 
     def heartbeat_s(self) -> float:

@@ -101,6 +101,9 @@ class Uplink(Daemon):
         self.counters["connects"] += 1
         self._connected_at = self._last_heard = now
         self._set_link("connecting", self.endpoint)
+        self._hello(now)
+
+    def _hello(self, now: float) -> None:
         self._send(link.encode("hello", station=self.station_id, boot=self.boot, v=link.PROTOCOL,
                                status=self._status_report()), now)
 
@@ -126,16 +129,18 @@ class Uplink(Daemon):
         self.log.warning("link to %s: %s; retrying in %.1f s", self.endpoint, reason, delay)
 
     def _set_link(self, state: str, detail: str) -> None:
-        if (state, detail) != (self.link_state, self.detail):
-            self.link_state = state
-            self.set_state("ready", f"{state}: {detail}" if detail else state)
+        """The link's state is the daemon's status detail (the daemon itself stays ready)."""
+        self.link_state = state
+        self.set_state("ready", f"{state}: {detail}" if detail else state)
 
     def _on_monitor(self) -> None:
         while self.monitor is not None and self.monitor.poll(0):
             event = zmq.utils.monitor.recv_monitor_message(self.monitor)
             kind = event["event"]
             now = time.monotonic()
-            if kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED and self.link_state == "connecting":
+                self._hello(now)  # at once, not at the next heartbeat
+            elif kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
                 self._disconnect("the collector refused this station's key (not on its allowlist, or revoked)",
                                  now)
             elif kind in (zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL):
@@ -175,8 +180,13 @@ class Uplink(Daemon):
         self.backoff.reset()
         self._set_link("connected", f"{self.endpoint} ({message.header.get('collector', 'collector')})")
         self.log.info("connected to %s; central holds events up to %d", self.endpoint, message["last_seq"])
-        if self.outbox is not None and message["last_seq"] > self.outbox.events_acked():
-            self.outbox.set_events_acked(min(message["last_seq"], self.outbox.backlog().last_seq))
+        journal_end = self.outbox.backlog().last_seq
+        if message["last_seq"] > journal_end:
+            self.log.error("central holds events of %s up to %d but this station's journal ends at %d: was the "
+                           "store replaced? Events %d..%d of this store will not be accepted as new", self.station_id,
+                           message["last_seq"], journal_end, journal_end + 1, message["last_seq"])
+        if message["last_seq"] > self.outbox.events_acked():
+            self.outbox.set_events_acked(min(message["last_seq"], journal_end))
         self._events_sent = message["last_seq"]
         self._next_confirm = now  # a reconnect is a good moment to confirm what was delivered
 
@@ -326,8 +336,7 @@ class Uplink(Daemon):
             return
         if now - self._last_sent >= self.config["heartbeat_s"]:
             if self.link_state == "connecting":
-                self._send(link.encode("hello", station=self.station_id, boot=self.boot, v=link.PROTOCOL,
-                                       status=self._status_report()), now)
+                self._hello(now)
             else:
                 self._send(link.encode("ping"), now)
         if now >= self._next_status and self.link_state == "connected":

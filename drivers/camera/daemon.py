@@ -56,7 +56,7 @@ class CameraDaemon(Daemon):
     def __init__(self, name: str, paths: Paths, overrides: Sequence[str] = ()):
         super().__init__(name, paths, overrides)
         self.frames = self.add_publisher(paths.frames(name), hwm=self.config["publish"]["frame_hwm"],
-                                         heartbeat_event="frames.heartbeat")
+                                         heartbeat_event="frames.heartbeat", watch_subscribers=True)
         self.analyzer = self._analyzer(self.config)
         self.source: FrameSource | None = None
         self.reopen = Flapping(self.log)
@@ -67,6 +67,7 @@ class CameraDaemon(Daemon):
         self.pending: PendingCapture | None = None
         self.frame_requests: list[Request] = []
         self.frames_read = 0
+        self.frames_analysed = 0
         self.accepted: dict[str, Any] = {}
         self.commands.register("capture", self._cmd_capture, {
             "mode": {"enum": ["icao", "exception"]}, "timeout_s": {"type": "number", "minimum": 0.5, "maximum": 600}})
@@ -146,7 +147,7 @@ class CameraDaemon(Daemon):
 
     def status_fields(self) -> dict[str, Any]:
         return {"source": self._describe(), "accepted": self.accepted, "frames_read": self.frames_read,
-                "opens": self.opens}
+                "frames_analysed": self.frames_analysed, "opens": self.opens}
 
     def shutdown(self) -> None:
         if self.source is not None:
@@ -158,22 +159,29 @@ class CameraDaemon(Daemon):
             if now >= self._next_open:
                 self._open()
             return
+        # Between captures a frame is analysed only at the preview rate and only while
+        # someone watches the preview; one nobody needs is taken off the camera undecoded.
+        # The CPU is the scanner's too (NFIQ 2 runs while the officer takes fingers).
+        full_frames = self.config["publish"]["full_frames"] and self.frames.subscribed("frame")
+        preview_due = self.frames.subscribed("preview") and self._preview_due(now)
+        needed = bool(self.frame_requests) or full_frames or preview_due or self.pending is not None
         try:
-            frame = self.source.read()
+            frame = self.source.read(decode=needed)
         except DeviceError as exc:
             self._lost(exc)
             return
         self.frames_read += 1
+        if not needed:
+            return
         if self.frame_requests:
             self._reply_frame(frame)
-        publish_cfg = self.config["publish"]
-        if publish_cfg["full_frames"]:
+        if full_frames:
             self.frames.publish("frame", {**image_fields(frame.image, "bgr8"), "index": frame.index},
                                 [frame.image], t_acq_ns=frame.t_acq_ns)
-        preview_due = self._preview_due(now)
         if self.pending is None and not preview_due:
-            return  # analysed at the preview rate between captures: the CPU is the scanner's too
+            return
         report = self.analyzer.analyze(frame.image)
+        self.frames_analysed += 1
         if preview_due:
             self._publish_preview(frame, report)
         if self.pending is not None:

@@ -31,7 +31,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 @dataclass(frozen=True)
 class Frame:
-    image: np.ndarray   # BGR uint8
+    image: np.ndarray | None  # BGR uint8; None when read with decode=False
     t_acq_ns: int       # time.monotonic_ns() when the frame was acquired
     index: int          # 0, 1, 2 ... since open()
 
@@ -46,8 +46,13 @@ class FrameSource(ABC):
         """Start delivering frames; raises DeviceError when the device is absent."""
 
     @abstractmethod
-    def read(self) -> Frame:
-        """The next frame; raises DeviceError when none comes (unplugged, stalled)."""
+    def read(self, decode: bool = True) -> Frame:
+        """The next frame; raises DeviceError when none comes (unplugged, stalled).
+
+        ``decode=False`` takes the frame off the camera (so the next one is fresh and the
+        stream's health is known) without decoding it into pixels: most frames between
+        captures are looked at by nobody, and decoding them would take CPU the scanner
+        needs."""
 
     @abstractmethod
     def close(self) -> None:
@@ -115,12 +120,16 @@ class V4L2Source(FrameSource):
         self._index = 0
         self.accepted = self.apply(self._settings)
 
-    def read(self) -> Frame:
+    def read(self, decode: bool = True) -> Frame:
         if self._cap is None:
             raise DeviceError(f"{self.device}: camera is not open")
-        ok, image = self._cap.read()
+        ok = self._cap.grab()
         t = time.monotonic_ns()
-        if not ok or image is None:
+        image = None
+        if ok and decode:
+            ok, image = self._cap.retrieve()
+            ok = ok and image is not None
+        if not ok:
             raise DeviceError(f"{self.device}: no frame from the camera (unplugged or stalled)")
         frame = Frame(image, t, self._index)
         self._index += 1
@@ -215,10 +224,10 @@ class VideoSource(FrameSource):
         self._index = self._position = 0
         self._pacer.restart()
 
-    def read(self) -> Frame:
+    def read(self, decode: bool = True) -> Frame:
         self._pacer.wait(self._index)
-        image = self._next_image()
-        frame = Frame(image, time.monotonic_ns(), self._index)
+        image = self._next_image()  # a file's frames are decoded either way: it stands in for a camera
+        frame = Frame(image if decode else None, time.monotonic_ns(), self._index)
         self._index += 1
         return frame
 
@@ -306,17 +315,18 @@ class StreamSource(FrameSource):
             self.close()
             raise
 
-    def read(self) -> Frame:
+    def read(self, decode: bool = True) -> Frame:
         if self._fd is None:
             raise DeviceError(f"{self.device}: stream is not open")
         image, self._first = self._first, None
         if image is None:
-            image = self._next_image(f"{self.device}: no frame for {self.read_timeout_s:g} s (writer stalled)")
-        frame = Frame(image, time.monotonic_ns(), self._index)
+            image = self._next_image(f"{self.device}: no frame for {self.read_timeout_s:g} s (writer stalled)",
+                                     decode)
+        frame = Frame(image if decode else None, time.monotonic_ns(), self._index)
         self._index += 1
         return frame
 
-    def _next_image(self, timeout_message: str) -> np.ndarray:
+    def _next_image(self, timeout_message: str, decode: bool = True) -> np.ndarray | None:
         deadline = time.monotonic() + self.read_timeout_s
         while True:
             # poll() before every read: a FIFO that never had a writer reads as b"" (like EOF)
@@ -325,6 +335,9 @@ class StreamSource(FrameSource):
             if remaining_ms <= 0 or not self._poll.poll(max(1, math.ceil(remaining_ms))):
                 raise DeviceError(timeout_message)
             jpegs = self._drain()
+            if jpegs and not decode:
+                self.dropped += len(jpegs) - 1
+                return None
             for jpeg in reversed(jpegs):
                 image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
                 if image is not None:
@@ -387,11 +400,11 @@ class EmulatedSource(FrameSource):
         self._index = 0
         self._pacer.restart()
 
-    def read(self) -> Frame:
+    def read(self, decode: bool = True) -> Frame:
         if self._scene is None:
             raise DeviceError("emulated: camera is not open")
         self._pacer.wait(self._index)
-        image = self._scene.render(self.params, self._index)
+        image = self._scene.render(self.params, self._index) if decode else None
         frame = Frame(image, self._clock(), self._index)
         self._index += 1
         return frame

@@ -172,6 +172,31 @@ def test_preview_stream_rate_and_quality(camerad):
     assert jpeg.shape == (received[-1].get("height"), received[-1].get("width"), 3) == (360, 640, 3)
 
 
+def test_with_nobody_watching_the_preview_frames_are_taken_off_the_camera_but_not_analysed(camerad, ctx):
+    daemon = camerad({"source": {"kind": "emulated", "fps": 30}})
+    daemon.wait_status("ready", 10)
+    assert daemon.previews.receive(timeout_ms=3000) is not None      # watched: previews flow
+    daemon.previews.close()                                          # the console left the portrait step
+    time.sleep(0.5)
+    before = daemon.client.call("state", timeout_s=3).result["status"]
+    time.sleep(1.0)
+    after = daemon.client.call("state", timeout_s=3).result["status"]
+    assert after["frames_read"] - before["frames_read"] >= 20         # the camera keeps running ...
+    assert after["frames_analysed"] == before["frames_analysed"]     # ... and costs no analysis
+    paths = Paths.resolve()
+    watcher = Subscriber(ctx, [paths.frames("cam0")], topics=["camera.cam0.preview"], hwm=FRAME_HWM)
+    try:
+        deadline = time.monotonic() + 5
+        msg = None
+        while msg is None and time.monotonic() < deadline:
+            msg = watcher.receive(timeout_ms=200)
+        assert msg is not None and msg.get("quality")["passed"]       # a new watcher gets them again
+    finally:
+        watcher.close()
+    daemon.client.call("capture", {"timeout_s": 10}, timeout_s=15)   # a capture analyses with nobody watching
+    assert daemon.client.call("state", timeout_s=3).result["status"]["frames_analysed"] > after["frames_analysed"]
+
+
 def test_capture_command_returns_token_portrait_after_n_good_frames(camerad):
     daemon = camerad({"source": {"kind": "emulated"}, "capture": {"consecutive_frames": 5}})
     daemon.wait_status("ready", 10)

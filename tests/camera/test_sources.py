@@ -93,8 +93,12 @@ class FakeCapture:
     def get(self, prop):
         return float(self.props.get(prop, 0))
 
-    def read(self):
-        if not self.plugged:
+    def grab(self):
+        self.grabbed = self.plugged
+        return self.plugged
+
+    def retrieve(self):
+        if not self.grabbed:
             return False, None
         return True, np.zeros((int(self.get(cv2.CAP_PROP_FRAME_HEIGHT)), int(self.get(cv2.CAP_PROP_FRAME_WIDTH)), 3),
                               np.uint8)
