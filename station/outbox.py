@@ -96,21 +96,28 @@ class Outbox:
     def sealed(self, record_id: str) -> bytes:
         return (self.records_dir / f"{record_id}{SEALED_SUFFIX}").read_bytes()
 
-    def mark_delivered(self, record_id: str, receipt: dict[str, Any], now_ns: int | None = None) -> None:
-        self._write("UPDATE records SET delivered_ns=?, receipt=? WHERE record_id=? AND delivered_ns IS NULL",
-                    (now_ns or time.time_ns(), json.dumps(receipt, sort_keys=True), record_id))
+    def _write_many(self, sql: str, rows: list[tuple]) -> None:
+        """One transaction: a burst of acknowledgements costs one fsync."""
+        with self._lock:
+            try:
+                self.db.execute("BEGIN IMMEDIATE")
+                self.db.executemany(sql, rows)
+                self.db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")
+                raise StoreError(f"could not update delivery state in {self.root}: {exc}", retryable=True) from exc
+
+    def mark_delivered(self, receipts: list[tuple[str, dict[str, Any]]], now_ns: int | None = None) -> None:
+        """(record id, the collector's receipt) of each record it acknowledged as stored."""
+        now_ns = now_ns or time.time_ns()
+        self._write_many("UPDATE records SET delivered_ns=?, receipt=? WHERE record_id=? AND delivered_ns IS NULL",
+                         [(now_ns, json.dumps(receipt, sort_keys=True), rid) for rid, receipt in receipts])
 
     def mark_confirmed(self, record_ids: list[str], now_ns: int | None = None) -> None:
         now_ns = now_ns or time.time_ns()
-        with self._lock:
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
-                self.db.executemany("UPDATE records SET confirmed_ns=? WHERE record_id=? AND confirmed_ns IS NULL",
-                                    [(now_ns, rid) for rid in record_ids])
-                self.db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                self.db.execute("ROLLBACK")
-                raise StoreError(f"could not update delivery state in {self.root}: {exc}", retryable=True) from exc
+        self._write_many("UPDATE records SET confirmed_ns=? WHERE record_id=? AND confirmed_ns IS NULL",
+                         [(now_ns, rid) for rid in record_ids])
 
     def mark_missing(self, record_id: str) -> None:
         """Central does not have it after all: deliver it again."""

@@ -68,6 +68,7 @@ class Uplink(Daemon):
         self._confirm_inflight = False
         self._next_confirm = self._next_outbox = self._next_status = self._next_figures = 0.0
         self._queued: deque = deque()  # undelivered records not yet in the window
+        self._stored: list[tuple[str, dict]] = []  # acknowledged, to mark delivered in one go
         self._after: tuple[int, str] | None = None
         self.backlog: Backlog | None = None
         self._sent_log: deque = deque()  # (time, bytes) for throughput
@@ -75,7 +76,7 @@ class Uplink(Daemon):
                          "connects": 0, "stalls": 0, "records_missing": 0, "records_purged": 0}
 
     def _new_window(self) -> Window:
-        return Window(self.config["window"]["bytes"], self.config["window"]["messages"], self.config["chunk_bytes"])
+        return Window(self.config["window"]["bytes"], self.config["window"]["records"], self.config["chunk_bytes"])
 
     # -- connection ----------------------------------------------------------------------------
     def _connect(self, now: float) -> None:
@@ -174,6 +175,7 @@ class Uplink(Daemon):
                 self.log.warning("malformed message from the collector: %s", exc.message)
                 continue
             getattr(self, f"_on_{message.op.replace('.', '_')}")(message, now)
+        self._mark_delivered()
         self._pump(now)
 
     def _on_welcome(self, message: link.LinkMessage, now: float) -> None:
@@ -206,9 +208,15 @@ class Uplink(Daemon):
         transfer = self.window.finish(message["record"])
         if transfer is None or transfer.sha256 != message["sha256"]:
             return
-        self.outbox.mark_delivered(transfer.record_id, message["receipt"])
+        self._stored.append((transfer.record_id, message["receipt"]))
         self.refused.pop(transfer.record_id, None)
         self.counters["records_duplicate" if message.header.get("duplicate") else "records_delivered"] += 1
+
+    def _mark_delivered(self) -> None:
+        """Every ``stored`` of one receive burst in one transaction (one fsync, not one each)."""
+        if self._stored:
+            stored, self._stored = self._stored, []
+            self.outbox.mark_delivered(stored)
 
     def _on_confirmed(self, message: link.LinkMessage, now: float) -> None:
         self._confirm_inflight = False
@@ -261,12 +269,12 @@ class Uplink(Daemon):
                 self._events_inflight = True
 
     def _refill(self, now: float) -> None:
-        if len(self._queued) >= self.window.max_messages or (not self._queued and now < self._next_outbox):
+        if len(self._queued) >= self.window.max_records or (not self._queued and now < self._next_outbox):
             return
         self._next_outbox = now + OUTBOX_POLL_S
         skip_refused = {r for r, info in self.refused.items()
                         if time.time_ns() - info["at_ns"] < self.config["backoff"]["max_s"] * 1e9}
-        for row in self.outbox.undelivered(limit=self.window.max_messages * 2, after=self._after):
+        for row in self.outbox.undelivered(limit=self.window.max_records * 2, after=self._after):
             self._after = (row.created_ns, row.record_id)
             if row.record_id not in self.window and row.record_id not in skip_refused:
                 self._queued.append(row)
@@ -274,12 +282,20 @@ class Uplink(Daemon):
             self._after = None  # next time from the start: records given back by confirmation
 
     def _send_records(self, now: float) -> None:
+        """Pieces of records in the window first, then new records while it has room."""
+        self._send_pieces(now)
         self._refill(now)
         while self._queued and self.window.can_start():
             row = self._queued.popleft()
+            if row.sealed_bytes <= self.window.chunk_bytes:  # one piece: no resumption to ask about
+                self.window.start(row.record_id, row.sealed_sha256, row.sealed_bytes, offset=0)
+                continue
             self.window.start(row.record_id, row.sealed_sha256, row.sealed_bytes)
             self._send(link.encode("offer", record=row.record_id, sha256=row.sealed_sha256, size=row.sealed_bytes),
                        now)
+        self._send_pieces(now)
+
+    def _send_pieces(self, now: float) -> None:
         for transfer, offset, length in self.window.next_pieces():
             try:
                 data = self._read_piece(transfer.record_id, offset, length)
@@ -382,7 +398,7 @@ class Uplink(Daemon):
             "station": self.station_id, "link": self.link_state, "endpoint": self.endpoint,
             "last_error": self.last_error, "backlog": figures,
             "oldest_age_s": round((time.time_ns() - oldest) / 1e9, 1) if oldest else None,
-            "inflight": {"messages": self.window.messages_inflight, "bytes": self.window.bytes_inflight},
+            "inflight": {"records": self.window.records_inflight, "bytes": self.window.bytes_inflight},
             "throughput_bps": round(self.throughput_bps()), "refused": self.refused, **self.counters,
         }
 

@@ -26,14 +26,17 @@ class RawStation:
         self.socket.curve_publickey, self.socket.curve_secretkey = public, secret
         self.socket.connect(f"tcp://127.0.0.1:{central.port}")
 
-    def ask(self, frames, timeout_ms=3000):
+    def ask(self, frames, timeout_ms=3000, skip=("chunk.ack",)):
+        """The answer to ``frames``: the first reply that is not a receipt of a piece."""
         self.socket.send_multipart(frames)
-        if not self.socket.poll(timeout_ms):
-            return None
-        return link.decode(self.socket.recv_multipart(), link.COLLECTOR_OPS)
+        while self.socket.poll(timeout_ms):
+            reply = link.decode(self.socket.recv_multipart(), link.COLLECTOR_OPS)
+            if reply.op not in skip:
+                return reply
+        return None
 
-    def send_record(self, record_id, blob, timeout_ms=5000):
-        sha = hashlib.sha256(blob).hexdigest()
+    def send_record(self, record_id, blob, timeout_ms=5000, sha256=None):
+        sha = sha256 or hashlib.sha256(blob).hexdigest()
         return self.ask(link.encode("chunk", blob, record=record_id, sha256=sha, size=len(blob), offset=0,
                                     final=True), timeout_ms)
 
@@ -105,8 +108,7 @@ def test_a_modified_record_is_refused(station, central, ctx):
 def test_a_record_whose_bytes_do_not_match_the_offer_is_refused(station, central, ctx):
     blob = a_record(station["state"], "R-lie")
     client = RawStation(ctx, central, *keys_of(station))
-    reply = client.ask(link.encode("chunk", blob, record="R-lie", sha256="00" * 32, size=len(blob), offset=0,
-                                   final=True))
+    reply = client.send_record("R-lie", blob, sha256="00" * 32)
     assert reply.op == "error" and reply["code"] == "hash_mismatch" and reply["retryable"]
 
 
@@ -131,7 +133,7 @@ def test_malformed_traffic_is_answered_and_the_collector_stays_up(station, centr
     client = RawStation(ctx, central, *keys_of(station))
     for frames in ([b"garbage"], [b'{"op": "offer"}'], [b'{"op": "chunk", "record": "x"}', b"1"],
                    [os.urandom(64), os.urandom(64)], [b'{"op": "events", "entries": [1]}']):
-        reply = client.ask(frames)
+        reply = client.ask(frames, skip=())
         assert reply.op == "error" and reply["code"] == "bad_request", frames
     assert hello(client).op == "welcome"
 

@@ -70,36 +70,70 @@ def test_link_decoder_on_structured_garbage(value, op):
         pass
 
 
-def test_window_bounds_messages_and_bytes_and_resumes_at_the_collectors_offset():
-    window = Window(max_bytes=300, max_messages=4, chunk_bytes=100)
+def test_window_bounds_bytes_in_flight_and_resumes_at_the_collectors_offset():
+    window = Window(max_bytes=300, max_records=4, chunk_bytes=100)
     window.start("R1", SHA, 1000)
     assert window.next_pieces() == []                 # nothing before the collector said where
     window.want("R1", 200)                            # its spool holds 200 bytes already
     pieces = window.next_pieces()
     assert [(offset, length) for _, offset, length in pieces] == [(200, 100), (300, 100), (400, 100)]
     assert window.bytes_inflight == 300 and window.next_pieces() == []
-    window.acked("R1", 400)                           # two pieces acknowledged
+    window.acked("R1", 400)                           # two pieces received
     assert window.bytes_inflight == 100
     assert [(o, n) for _, o, n in window.next_pieces()] == [(500, 100), (600, 100)]
     window.want("R1", 550)                            # the collector lost some: start there again
     assert window.bytes_inflight == 0
     assert [o for _, o, _ in window.next_pieces()] == [550, 650, 750]
+    window.finish("R1")
+    assert window.bytes_inflight == 0 and window.records_inflight == 0
 
 
-def test_window_counts_offers_and_keeps_record_order():
-    window = Window(max_bytes=10_000, max_messages=3, chunk_bytes=100)
+def test_a_received_record_keeps_its_slot_until_stored_but_frees_its_bytes():
+    window = Window(max_bytes=1000, max_records=2, chunk_bytes=1000)
+    window.start("A", SHA, 400)
+    window.want("A", 0)
+    assert [(o, n) for _, o, n in window.next_pieces()] == [(0, 400)]
+    window.acked("A", 400)                            # received, not yet stored
+    assert window.bytes_inflight == 0 and window.records_inflight == 1
+    assert window.can_start()
+    window.start("B", SHA, 400)
+    assert not window.can_start()                     # two records awaiting their stored
+    window.finish("A")
+    assert window.can_start()
+
+
+def test_the_uplink_never_offers_far_ahead_of_what_it_can_send():
+    window = Window(max_bytes=1000, max_records=32, chunk_bytes=500)
+    started = 0
+    while window.can_start():
+        window.start(f"R{started}", SHA, 400)
+        started += 1
+    assert started == 3                               # 1200 unsent bytes > 1000: stop offering
+    for name in ("R0", "R1", "R2"):
+        window.want(name, 0)
+    assert [(t.record_id, o) for t, o, _ in window.next_pieces()] == [("R0", 0), ("R1", 0)]
+
+
+def test_a_one_piece_record_goes_without_waiting_for_an_offer():
+    window = Window(max_bytes=1000, max_records=4, chunk_bytes=500)
+    window.start("R", SHA, 400, offset=0)
+    assert [(t.record_id, o, n) for t, o, n in window.next_pieces()] == [("R", 0, 400)]
+
+
+def test_window_keeps_record_order():
+    window = Window(max_bytes=10_000, max_records=3, chunk_bytes=100)
     for name in ("A", "B", "C"):
         assert window.can_start()
         window.start(name, SHA, 150)
-    assert not window.can_start()                     # three offers in flight
+    assert not window.can_start()                     # three records in flight
     window.want("B", 0)
     window.want("A", 0)
-    assert [(t.record_id, o) for t, o, _ in window.next_pieces()] == [("A", 0), ("A", 100)]
+    assert [(t.record_id, o) for t, o, _ in window.next_pieces()] == [("A", 0), ("A", 100), ("B", 0), ("B", 100)]
     assert window.finish("A") is not None and window.finish("A") is None
 
 
 def test_a_large_piece_goes_alone_when_the_window_is_smaller_than_it():
-    window = Window(max_bytes=50, max_messages=8, chunk_bytes=100)
+    window = Window(max_bytes=50, max_records=8, chunk_bytes=100)
     window.start("R", SHA, 300)
     window.want("R", 0)
     assert [o for _, o, _ in window.next_pieces()] == [0]  # never stuck: one piece may exceed it

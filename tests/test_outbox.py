@@ -17,7 +17,7 @@ def test_a_record_goes_delivered_confirmed_purged_keeping_its_id_hash_and_receip
     [first, second] = fill_store(provisioned["state"], 2, 1000)
     outbox = Outbox(store_root, fsync=False)
     assert [r.record_id for r in outbox.undelivered()] == [first, second]
-    outbox.mark_delivered(first, {"collector": "c1", "record": first})
+    outbox.mark_delivered([(first, {"collector": "c1", "record": first})])
     assert [r.record_id for r in outbox.undelivered()] == [second]
     with pytest.raises(StoreError, match="not confirmed"):
         outbox.purge(first)                                   # acknowledged is not enough
@@ -41,7 +41,7 @@ def test_a_record_goes_delivered_confirmed_purged_keeping_its_id_hash_and_receip
 def test_a_record_central_does_not_have_goes_back_to_the_queue(provisioned, store_root):
     [record_id] = fill_store(provisioned["state"], 1, 1000)
     outbox = Outbox(store_root, fsync=False)
-    outbox.mark_delivered(record_id, {"collector": "c1"})
+    outbox.mark_delivered([(record_id, {"collector": "c1"})])
     outbox.mark_missing(record_id)
     assert [r.record_id for r in outbox.undelivered()] == [record_id]
     assert outbox.receipt(record_id) is None
@@ -57,8 +57,7 @@ def test_backlog_counts_what_is_waiting_and_the_event_cursor_only_moves_forward(
     outbox.set_events_acked(5)
     outbox.set_events_acked(2)                                # a stale ack never moves it back
     assert outbox.events_acked() == 5 and outbox.backlog().events == 2
-    for record_id in ids:
-        outbox.mark_delivered(record_id, {})
+    outbox.mark_delivered([(record_id, {}) for record_id in ids])
     assert outbox.backlog().records == 0 and outbox.backlog().unconfirmed == 3
 
 
@@ -68,7 +67,7 @@ def test_the_uplink_writes_beside_the_controller_holding_the_store(provisioned, 
     [record_id] = fill_store(provisioned["state"], 1, 1000)
     writer = RecordStore(store_root, cipher=keys.capture, fsync=False)   # the controller, running
     outbox = Outbox(store_root, fsync=False)
-    outbox.mark_delivered(record_id, {"collector": "c1"})
+    outbox.mark_delivered([(record_id, {"collector": "c1"})])
     with writer.transaction() as tx:
         tx.journal("station.test", {})
     assert writer.get(record_id).delivered_ns is not None

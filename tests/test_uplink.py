@@ -111,7 +111,7 @@ def test_sigkill_of_uplink_and_collector_at_random_points_loses_and_duplicates_n
     rng = random.Random(7)
     ids = fill_store(station["state"], 200, 20_000)
     central.start()
-    uplink = uplinks(station["env"], station["etc"], central, extra={"window": {"bytes": 65536, "messages": 4}})
+    uplink = uplinks(station["env"], station["etc"], central, extra={"window": {"bytes": 65536, "records": 4}})
     kills = 0
     while outbox_state(station["state"])["backlog"].records > 0 and kills < 6:
         time.sleep(rng.uniform(0.2, 0.8))
@@ -131,7 +131,7 @@ def test_a_partly_sent_record_resumes_where_the_collector_spool_ends(station, ce
     size = 3_000_000
     [record_id] = fill_store(station["state"], 1, size)
     central.start()
-    extra = {"chunk_bytes": 65536, "window": {"bytes": 65536, "messages": 1}}
+    extra = {"chunk_bytes": 65536, "window": {"bytes": 65536, "records": 1}}
     uplink = uplinks(station["env"], station["etc"], central, extra=extra)
     spool = central.data_dir / "spool" / "VN-HP-0001"
 
@@ -154,7 +154,7 @@ def test_events_are_not_stuck_behind_a_record_backlog(station, central, uplinks)
     central.start()
     with EmulatedLink(rate_mbit=10, delay_ms=30, blackhole_s=0, target=("127.0.0.1", central.port)) as path:
         uplinks(station["env"], station["etc"], central, endpoints=[f"tcp://127.0.0.1:{path.address[1]}"],
-                extra={"window": {"bytes": 1_000_000, "messages": 8}})
+                extra={"window": {"bytes": 1_000_000, "records": 8}})
         wait_for(lambda: outbox_state(station["state"])["delivered"] >= 1, 30, "the drain started")
         journal(station["state"], 5)                            # events happen during the drain
         last = outbox_state(station["state"])["backlog"].last_seq

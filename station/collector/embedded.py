@@ -58,6 +58,8 @@ class EmbeddedStorage:
         self.records_dir = self.data_dir / "records"
         self.fsync = fsync
         self._lock = threading.Lock()
+        self._seen: dict[str, tuple[int, dict[str, Any]]] = {}
+        self._seen_flush_at = 0.0
         try:
             self.records_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             self.db = sqlite3.connect(self.data_dir / "collector.db", isolation_level=None, check_same_thread=False)
@@ -164,12 +166,27 @@ class EmbeddedStorage:
 
     # -- stations ------------------------------------------------------------------------------
     def note_station(self, station_id: str, seen_ns: int, status: dict[str, Any]) -> None:
+        """Kept in memory and written at most once a second: when a station was last heard of
+        is worth no fsync per hello (200 stations reconnecting at once would queue 200)."""
+        self._seen[station_id] = (seen_ns, status)
+        if time.monotonic() >= self._seen_flush_at:
+            self._flush_seen()
+
+    def _flush_seen(self) -> None:
+        self._seen_flush_at = time.monotonic() + 1.0
+        seen, self._seen = self._seen, {}
+        if not seen:
+            return
         with self._lock:
-            self.db.execute("INSERT INTO stations(station_id, last_seen_ns, status) VALUES (?, ?, ?) "
-                            "ON CONFLICT(station_id) DO UPDATE SET last_seen_ns=excluded.last_seen_ns, "
-                            "status=excluded.status", (station_id, seen_ns, json.dumps(status)))
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.executemany("INSERT INTO stations(station_id, last_seen_ns, status) VALUES (?, ?, ?) "
+                                "ON CONFLICT(station_id) DO UPDATE SET last_seen_ns=excluded.last_seen_ns, "
+                                "status=excluded.status",
+                                [(sid, ns, json.dumps(status)) for sid, (ns, status) in seen.items()])
+            self.db.execute("COMMIT")
 
     def stations(self) -> list[StationInfo]:
+        self._flush_seen()
         with self._lock:
             rows = self.db.execute(
                 "SELECT s.station_id, s.last_seen_ns, "
@@ -201,5 +218,6 @@ class EmbeddedStorage:
             time.sleep(0.2)
 
     def close(self) -> None:
+        self._flush_seen()
         with self._lock:
             self.db.close()

@@ -6,11 +6,12 @@ belongs to becomes the connection's ``User-Id``. Every message is attributed to 
 never to what the message claims, and re-checked against the allowlist, so a revocation
 applied by SIGHUP cuts a connected station off at its next message.
 
-The main loop only decodes, spools record pieces and answers pings; everything that touches
-storage (and the signature check of a complete record) runs in one worker thread, in
-batches: while one batch is being written the next accumulates, so a busy collector writes
-many records per fsync (group commit) and a quiet one answers at once. Nothing is
-acknowledged before the backend says it is durable.
+The main loop only decodes, spools record pieces, acknowledges their receipt and answers
+pings. A complete record's hash and signatures are checked in a verifier thread; everything
+that touches storage runs in one storage thread, in batches: while one batch is being
+written the next accumulates (and the verifier checks the records after it), so a busy
+collector writes many records per fsync (group commit) and a quiet one answers at once.
+Nothing is acknowledged as stored before the backend says it is durable.
 """
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ class Op:
     station: str
     message: link.LinkMessage
     blob: bytes = b""                  # a complete record
+    record: NewRecord | None = None    # ... once its signatures verified
     replies: list[list] = field(default_factory=list)
 
 
@@ -108,6 +110,7 @@ class Collector(Daemon):
             self.endpoints.append(self.link.getsockopt(zmq.LAST_ENDPOINT).decode())
         self.add_reader(self.link, self._on_link)
         self.worker = self.add_worker("storage")
+        self.verifier = self.add_worker("verify")  # checks the next records while a batch is stored
         self._queue: list[Op] = []
         self._writing = False
         self.counters = {"records_stored": 0, "records_duplicate": 0, "records_refused": 0, "events_stored": 0,
@@ -138,6 +141,14 @@ class Collector(Daemon):
                 self._send(identity, link.error("bad_request", exc.message))
             except StationError as exc:
                 self._send(identity, link.error(exc.code, exc.message, retryable=exc.retryable))
+            except OSError as exc:  # the spool's disk: the station sends again later
+                self.log.error("spool of %s: %s", station, exc)
+                self._send(identity, link.error("storage_unavailable", f"the collector cannot spool: {exc.strerror}",
+                                                retryable=True))
+            except Exception:  # a bug: answered and logged, never the end of the gateway
+                self.log.exception("message from %s failed", station)
+                self._send(identity, link.error("internal", "the collector failed on this message; see its log",
+                                                retryable=True))
 
     def _handle(self, identity: bytes, station: str, message: link.LinkMessage) -> None:
         if message.op == "hello" and message["station"] != station:
@@ -151,26 +162,35 @@ class Collector(Daemon):
             self._enqueue(Op(message.op, identity, station, message))
 
     def _on_chunk(self, identity: bytes, station: str, message: link.LinkMessage) -> None:
+        """Spool a piece (a record in one piece is never spooled), acknowledge its receipt at
+        once so the station's byte window moves on, and queue a complete record for the
+        worker, which checks it and stores it; ``stored`` follows from there."""
         record, sha256, offset = message["record"], message["sha256"], message["offset"]
         payload = bytes(message.payload)
         if offset == 0 and message["final"]:
-            blob = payload  # the whole record in one piece: nothing to spool
+            blob = payload
         else:
             held = self.spool.append(station, record, sha256, offset, payload)
             if held != offset + len(payload):  # not where the station thinks: tell it where to go on
                 self._send(identity, link.encode("want", record=record, offset=held))
                 return
-            if not message["final"]:
-                self._send(identity, link.encode("chunk.ack", record=record, offset=held))
-                return
-            blob = self.spool.read(station, record, sha256)
-        if len(blob) != message["size"] or hashlib.sha256(blob).hexdigest() != sha256:
-            self.spool.discard(station, record, sha256)
-            self._send(identity, link.error("hash_mismatch", f"record {record}: the bytes received do not match "
-                                            "the offered size and sha256; send it again", retryable=True,
-                                            record=record))
+            blob = self.spool.read(station, record, sha256) if message["final"] else b""
+        self._send(identity, link.encode("chunk.ack", record=record, offset=offset + len(payload)))
+        if message["final"]:
+            op = Op("record", identity, station, message, blob=blob)
+            self.verifier.submit(lambda: self._verify(op), lambda record, error: self._verified(op, record, error))
+
+    def _verified(self, op: Op, record: NewRecord | None, error: BaseException | None) -> None:
+        if error is not None:
+            self.log.error("verifying record %s of %s failed: %r", op.message["record"], op.station, error)
+            op.replies.append(link.error("internal", "the collector failed to check this record; see its log",
+                                         retryable=True, record=op.message["record"]))
+        if record is None:
+            for frames in op.replies:
+                self._send(op.identity, frames)
             return
-        self._enqueue(Op("record", identity, station, message, blob=blob))
+        op.record, op.blob = record, b""
+        self._enqueue(op)
 
     def _send(self, identity: bytes, frames: list) -> None:
         try:
@@ -213,9 +233,7 @@ class Collector(Daemon):
         records: list[tuple[Op, NewRecord]] = []
         for op in batch:
             if op.kind == "record":
-                checked = self._verify(op)
-                if checked is not None:
-                    records.append((op, checked))
+                records.append((op, op.record))
             else:
                 handlers[op.kind](op)
         if records:
@@ -224,9 +242,14 @@ class Collector(Daemon):
                 self._record_outcome(op, record, outcome)
 
     def _verify(self, op: Op) -> NewRecord | None:
+        """In the verifier thread: the bytes are what was offered, sealed by the connection's
+        station. None (with the refusal in ``op.replies``) when not."""
         record_id = op.message["record"]
         keys = self.allowlist.keys(op.station)
         try:
+            if len(op.blob) != op.message["size"] or hashlib.sha256(op.blob).hexdigest() != op.message["sha256"]:
+                raise StationError(f"record {record_id}: the bytes received do not match the offered size and "
+                                   "sha256; send it again", code="hash_mismatch", retryable=True)
             header = sealing.verify(op.blob, keys)
             if header.record_id != record_id:
                 raise StationError(f"the sealed record names itself {header.record_id}, offered as {record_id}",
@@ -234,7 +257,7 @@ class Collector(Daemon):
         except StationError as exc:
             self.counters["records_refused"] += 1
             self.log.warning("refused record %s from %s: %s", record_id, op.station, exc.message)
-            op.replies.append(link.error(exc.code, exc.message, record=record_id))
+            op.replies.append(link.error(exc.code, exc.message, retryable=exc.retryable, record=record_id))
             self.spool.discard(op.station, record_id, op.message["sha256"])
             return None
         return NewRecord(op.station, record_id, op.message["sha256"], op.blob)
@@ -314,6 +337,7 @@ class Collector(Daemon):
                 "stations_allowed": len(self.allowlist), "queued": len(self._queue), **self.counters}
 
     def shutdown(self) -> None:
+        self.verifier.stop(timeout_s=5.0)
         self.worker.stop(timeout_s=5.0)
         self.link.close(linger=0)
         self.storage.close()

@@ -57,7 +57,7 @@ def test_two_gateways_one_cluster_every_record_and_event_once_through_kills_of_e
     second.start()
     uplink = UplinkProcess(station["env"], station["etc"], first,
                            endpoints=[f"tcp://127.0.0.1:{first.port}", f"tcp://127.0.0.1:{second.port}"],
-                           extra={"window": {"bytes": 65536, "messages": 4}, "stall_s": 4.0}).start()
+                           extra={"window": {"bytes": 65536, "records": 4}, "stall_s": 4.0}).start()
     killed = Counter()
     node = None
     try:
