@@ -44,6 +44,7 @@ EVENT_HWM = 1000
 FRAME_HWM = 2
 HEARTBEAT_S = 1.0
 OFFLINE_AFTER_S = 3.0
+ABANDON_CHECK_S = 0.2  # how often a waiting CommandClient.call asks whether to give up
 # The largest request a command socket accepts: commands carry arguments, never images.
 MAX_REQUEST_BYTES = 256 * 1024
 
@@ -482,8 +483,12 @@ class CommandClient:
         self.stale_replies = 0
 
     def call(self, cmd: str, args: dict | None = None, *, timeout_s: float = 5.0,
-             payloads: Sequence[Any] = ()) -> Reply:
-        """Send ``cmd`` and wait for its reply; raise ``CommandError`` or ``DeadlineExceeded``."""
+             payloads: Sequence[Any] = (), abandon: Callable[[], StationError | None] | None = None) -> Reply:
+        """Send ``cmd`` and wait for its reply; raise ``CommandError`` or ``DeadlineExceeded``.
+
+        ``abandon``, asked every ``ABANDON_CHECK_S`` while waiting, returns an error when the
+        reply can no longer come (the peer died): that error is raised at once instead of
+        waiting out the deadline."""
         corr = secrets.token_hex(8)
         deadline = time.monotonic() + timeout_s
         header = {"v": ENVELOPE_VERSION, "corr": corr, "cmd": cmd, "args": args or {},
@@ -491,8 +496,13 @@ class CommandClient:
         self.socket.send_multipart([dump_json(header), *payloads], copy=False)
         while True:
             remaining_ms = int((deadline - time.monotonic()) * 1000)
-            if remaining_ms <= 0 or not self.socket.poll(remaining_ms):
+            if remaining_ms <= 0:
                 raise DeadlineExceeded(f"no reply from {self.name} to '{cmd}' within {timeout_s:g} s")
+            if not self.socket.poll(min(remaining_ms, int(ABANDON_CHECK_S * 1000)) if abandon else remaining_ms):
+                reason = abandon() if abandon else None
+                if reason is not None:
+                    raise reason
+                continue
             frames = self.socket.recv_multipart()
             try:
                 reply = json.loads(frames[0])

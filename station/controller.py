@@ -38,7 +38,7 @@ from station.enrollment import Finger, Photo, Session, SessionError
 from station.envelope import Message
 from station.errors import CommandError, DeadlineExceeded, StationError
 from station.paths import Paths
-from station.store import RecordStore, Tx
+from station.store import RecordStore, StoreError, Tx
 
 log = logging.getLogger("station.controller")
 
@@ -71,6 +71,7 @@ class Controller(Daemon):
         self.sessions: dict[str, Session] = {
             s.session_id: s for s in map(Session.from_dict, self.store.open_sessions())}
         self.busy: set[str] = set()
+        self.events_not_journaled = 0  # progress events a full disk refused (logged)
         self._published = self.store.last_seq()  # what a restart published before is replayable
         self._next_expiry_check = 0.0
         self.worker = self.add_worker("controller-io")
@@ -214,9 +215,17 @@ class Controller(Daemon):
 
     # -- persistence: every transition is stored, journaled and audited, then answered ------
     def _journal(self, topic: str, body: dict[str, Any]) -> None:
-        """An event that changes no session (a driver came or went, a finger attempt)."""
-        with self.store.transaction() as tx:
-            tx.journal(topic, body)
+        """An event that changes no session (a driver came or went, a finger attempt). When
+        the store cannot take it (a full disk) it is counted and logged, not raised: it is
+        progress news, and no session depends on it."""
+        try:
+            with self.store.transaction() as tx:
+                tx.journal(topic, body)
+        except StoreError as exc:
+            self.events_not_journaled += 1
+            if self.events_not_journaled == 1 or self.events_not_journaled % 100 == 0:
+                log.error("event %s not journaled (%d so far): %s", topic, self.events_not_journaled, exc.message)
+            return
         self._publish_journal()
 
     def _write_session(self, tx: Tx, session: Session, topic: str, body: dict[str, Any], action: str,
@@ -272,6 +281,7 @@ class Controller(Daemon):
             "sessions": sorted(self.sessions),
             "store": self.store.counts(),
             "journal_seq": self._published,
+            "events_not_journaled": self.events_not_journaled,
             "free_mb": self.store.free_bytes() // 2**20,
         }
 
@@ -365,8 +375,19 @@ class Controller(Daemon):
         A driver that does not answer in time is told to stop the work it started."""
         timeout = min(float(self.config["capture_timeout_s"]), max(request.remaining_s - 0.5, 0.5))
         client = CommandClient(self.ctx, self.paths.cmd(driver), name=driver)
+        stream = self.driver_events.streams.get(driver)
+        boot = stream.boot if stream else None
+
+        def gone() -> StationError | None:
+            """The driver died (went silent, or came back as a new process): no reply will come."""
+            stream = self.driver_events.streams.get(driver)
+            if not self.drivers[driver].online or (boot and stream and stream.boot != boot):
+                return StationError(f"{driver} stopped during '{cmd}' (it is offline or restarted); try again",
+                                    code="driver_offline", retryable=True)
+            return None
+
         try:
-            return client.call(cmd, args, timeout_s=timeout)
+            return client.call(cmd, args, timeout_s=timeout, abandon=gone)
         except DeadlineExceeded:
             self._cancel_driver(client, driver, float(self.config["command_timeout_s"]))
             raise

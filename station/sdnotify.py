@@ -21,13 +21,16 @@ class Notifier:
 
     @staticmethod
     def _watchdog_interval(env: dict[str, str]) -> float | None:
-        """Half the configured watchdog period, or None when systemd set no watchdog for us."""
+        """A quarter of the configured watchdog period, or None when systemd set no watchdog
+        for us. sd_watchdog_enabled(3) asks for at least every half; a quarter leaves a
+        late main loop (a stalled camera read, a slow disk) the other quarter before a ping
+        is overdue by half the period."""
         usec = env.get("WATCHDOG_USEC")
         pid = env.get("WATCHDOG_PID")
         if not usec or (pid and pid != str(os.getpid())):
             return None
         try:
-            return int(usec) / 2e6
+            return int(usec) / 4e6
         except ValueError:
             return None
 

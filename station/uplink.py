@@ -31,6 +31,7 @@ from station.daemon import Daemon, main_for
 from station.delivery import Window
 from station.errors import BadRequest, StationError
 from station.outbox import Backlog, Outbox
+from station.store import StoreError
 from station.paths import Paths
 from station.sealing import StationPublicKeys
 
@@ -72,6 +73,7 @@ class Uplink(Daemon):
         self._after: tuple[int, str] | None = None
         self.backlog: Backlog | None = None
         self._sent_log: deque = deque()  # (time, bytes) for throughput
+        self.store_errors = 0
         self.counters = {"records_delivered": 0, "records_duplicate": 0, "events_delivered": 0, "bytes_sent": 0,
                          "connects": 0, "stalls": 0, "records_missing": 0, "records_purged": 0}
 
@@ -174,9 +176,22 @@ class Uplink(Daemon):
             except BadRequest as exc:
                 self.log.warning("malformed message from the collector: %s", exc.message)
                 continue
-            getattr(self, f"_on_{message.op.replace('.', '_')}")(message, now)
-        self._mark_delivered()
-        self._pump(now)
+            try:
+                getattr(self, f"_on_{message.op.replace('.', '_')}")(message, now)
+            except StoreError as exc:
+                self._store_failed(exc)  # what it would have marked is asked or sent again later
+        try:
+            self._mark_delivered()
+            self._pump(now)
+        except StoreError as exc:
+            self._store_failed(exc)
+
+    def _store_failed(self, exc: StoreError) -> None:
+        """The store cannot be written (a full disk): log it once a while, never a traceback;
+        records not marked delivered are offered again and answered as duplicates."""
+        self.store_errors += 1
+        if self.store_errors == 1 or self.store_errors % 100 == 0:
+            self.log.error("cannot update delivery state (%d times so far): %s", self.store_errors, exc.message)
 
     def _on_welcome(self, message: link.LinkMessage, now: float) -> None:
         self.backoff.reset()
@@ -358,7 +373,10 @@ class Uplink(Daemon):
         if now >= self._next_status and self.link_state == "connected":
             self._next_status = now + STATUS_EVERY_S
             self._send(link.encode("status", status=self._status_report()), now)
-        self._pump(now)
+        try:
+            self._pump(now)
+        except StoreError as exc:
+            self._store_failed(exc)
 
     def _open_outbox(self) -> bool:
         if time.monotonic() < self._retry_at:

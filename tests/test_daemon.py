@@ -127,7 +127,7 @@ def test_notifier_is_silent_outside_systemd():
 def test_notifier_abstract_socket_and_watchdog_pid():
     n = Notifier(environ={"NOTIFY_SOCKET": "@station-test", "WATCHDOG_USEC": "2000000",
                           "WATCHDOG_PID": str(os.getpid())})
-    assert n.address == "\0station-test" and n.watchdog_interval_s == 1.0
+    assert n.address == "\0station-test" and n.watchdog_interval_s == 0.5  # a quarter of WatchdogSec
     other = Notifier(environ={"WATCHDOG_USEC": "2000000", "WATCHDOG_PID": "1"})
     assert other.watchdog_interval_s is None
 

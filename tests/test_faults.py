@@ -8,6 +8,7 @@ import time
 import nistitl
 import pytest
 
+from drivers.fingerprint.emulator_control import send_command
 from station import keyring, record, sealing
 from station.bus import Subscriber
 from station.errors import CommandError, StationError
@@ -69,6 +70,42 @@ def test_a_killed_driver_goes_offline_and_the_session_continues_after_restart(ma
     assert station.call("controller", "session.finger", {"session": sid, "position": 2})["position"] == 2
     assert station.call("controller", "session.finish", {"session": sid})["record"]
     events.close()
+
+
+@pytest.mark.parametrize("restart", [False, True], ids=["stays-down", "restarted-at-once"])
+def test_a_driver_killed_mid_capture_is_answered_at_once_not_at_the_deadline(make_station, restart):
+    station = make_station(controller={"capture_timeout_s": 30})
+    station.start("fp0")
+    station.start("controller")
+    station.wait_for(lambda: station.online("fp0"))
+    sid = station.call("controller", "session.start", {"applicant": applicant(2), "operator": "op"})["session"]
+    assert send_command(station.control, "nofinger 30").startswith("ok")  # nobody puts a finger down
+    outcome = {}
+
+    def finger():  # no finger on the glass: the scanner waits for one
+        started = time.monotonic()
+        try:
+            outcome["reply"] = station.call("controller", "session.finger", {"session": sid, "position": 1},
+                                            timeout_s=40)
+        except StationError as exc:
+            outcome["error"] = exc
+        outcome["s"] = time.monotonic() - started
+
+    waiting = threading.Thread(target=finger)
+    waiting.start()
+    time.sleep(1.0)
+    station.kill("fp0")
+    if restart:  # back before it could be declared offline: a new boot, the old request is lost
+        station.start("fp0")
+    waiting.join(35)
+    assert "error" in outcome, outcome
+    assert outcome["error"].code == "driver_offline" and outcome["error"].retryable
+    assert outcome["s"] < 10                                   # not the 30 s capture deadline
+    if restart:
+        station.wait_for(lambda: station.online("fp0"))
+        assert send_command(station.control, "nofinger 0").startswith("ok")
+        station.place(6, 1)
+        assert station.call("controller", "session.finger", {"session": sid, "position": 1})["position"] == 1
 
 
 def test_sigkill_at_every_step_resumes_the_same_session_through_the_exception_photo(make_station, provisioned):

@@ -628,8 +628,8 @@ class Watchdog:
         self.socket.close()
 
 
-WATCHDOG_USEC = 2_000_000  # WATCHDOG=1 every second
-WATCHDOG_INTERVAL_S = WATCHDOG_USEC / 2e6
+WATCHDOG_USEC = 2_000_000  # WATCHDOG=1 every half second (a quarter of WatchdogSec)
+WATCHDOG_INTERVAL_S = WATCHDOG_USEC / 4e6
 
 
 @dataclass
