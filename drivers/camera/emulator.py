@@ -40,13 +40,15 @@ import socket
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from collections import OrderedDict
+from dataclasses import asdict, astuple, dataclass
 from pathlib import Path
 from typing import Any
 
 import cv2
 import yaml
 
+from drivers.camera.scene import Scene
 from drivers.camera.source import EmulatedSource
 from station.errors import ConfigError
 
@@ -96,6 +98,7 @@ class CameraEmulator:
         self._replug_at: float | None = None
         self.control_path = Path(control) if control else None
         self._control: socket.socket | None = None
+        self._encoded: OrderedDict[tuple, bytes] = OrderedDict()  # (scene, noise phase) -> JPEG
 
     # -- plug state -------------------------------------------------------------------------
     def plug(self) -> None:
@@ -277,11 +280,25 @@ class CameraEmulator:
         # A late frame moves the schedule on instead of bursting to catch up, as a sensor does.
         due = self._next_due + period
         self._next_due = due if self._next_due and due >= now else now + period
-        ok, jpeg = cv2.imencode(".jpg", self.source.read().image, [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
-        if not ok:
-            raise RuntimeError("OpenCV could not encode a JPEG frame")
-        if self._write(memoryview(jpeg.tobytes())):
+        if self._write(memoryview(self._next_jpeg())):
             self.stats.frames_sent += 1
+
+    def _next_jpeg(self) -> bytes:
+        """The next frame as JPEG. A scene renders the same image every ``NOISE_PERIOD``
+        frames, so each is encoded once and sent again from a cache: a real camera encodes
+        in its own hardware, and an emulator that spends a sixth of a core on it takes that
+        CPU from the station it is testing."""
+        key = (astuple(self.source.params), self.source.frame_index % Scene.NOISE_PERIOD)
+        jpeg = self._encoded.get(key)
+        frame = self.source.read(decode=jpeg is None)
+        if jpeg is None:
+            ok, buffer = cv2.imencode(".jpg", frame.image, [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
+            if not ok:
+                raise RuntimeError("OpenCV could not encode a JPEG frame")
+            jpeg = self._encoded[key] = buffer.tobytes()
+            if len(self._encoded) > Scene.NOISE_PERIOD:
+                self._encoded.popitem(last=False)
+        return jpeg
 
     def _write(self, view: memoryview) -> bool:
         """Write one whole image; False if the reader went away or a command intervened."""

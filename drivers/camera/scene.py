@@ -143,6 +143,10 @@ class Scene:
         self._clean: OrderedDict[tuple, np.ndarray] = OrderedDict()
         self._cache_size = cache_size
 
+    # Frame ``index`` and ``index + NOISE_PERIOD`` of the same params are the same image:
+    # the noise window below repeats with that period (a 16-pixel pad, see render).
+    NOISE_PERIOD = 256
+
     def render(self, params: SceneParams, index: int = 0) -> np.ndarray:
         """One BGR frame; frames of the same params differ only by sensor noise."""
         clean = self.clean_frame(params)

@@ -409,6 +409,11 @@ class EmulatedSource(FrameSource):
         self._index += 1
         return frame
 
+    @property
+    def frame_index(self) -> int:
+        """The index of the frame the next ``read`` renders."""
+        return self._index
+
     def close(self) -> None:
         pass  # the rendered scene is kept: reopening after a config reload stays instant
 
