@@ -56,6 +56,7 @@ from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
@@ -71,6 +72,7 @@ from drivers.camera.portrait import token_portrait  # noqa: E402
 from drivers.camera.quality import FaceAnalyzer  # noqa: E402
 from drivers.fingerprint import protocol as fp  # noqa: E402
 from drivers.fingerprint.prints import SyntheticFinger  # noqa: E402
+from filesystems import fs_type  # noqa: E402
 from station import biometrics, config, demographics, enrollment, keyring, nist, record, sealing  # noqa: E402
 from station.controller import Controller  # noqa: E402
 from station.demo import make_applicant  # noqa: E402
@@ -90,17 +92,6 @@ DEVICES = {"cam0": {"kind": "camera", "source": "emulated camera", "width": 1280
 
 def progress(text: str) -> None:
     print(f"record_assembly: {text}", file=sys.stderr, flush=True)
-
-
-def fs_type(path: Path) -> str:
-    """The filesystem under ``path`` (longest matching mount point): fsync on tmpfs is free."""
-    best, kind = "", "?"
-    with open("/proc/mounts") as mounts:
-        for line in mounts:
-            _, point, fstype = line.split()[:3]
-            if str(path).startswith(point) and len(point) > len(best):
-                best, kind = point, fstype
-    return kind
 
 
 # -- inputs ----------------------------------------------------------------------------------

@@ -106,6 +106,7 @@ import yaml  # noqa: E402
 import zmq  # noqa: E402
 
 from delivery_harness import Central, UplinkProcess, wait_for  # noqa: E402
+from filesystems import fs_type  # noqa: E402
 from linkemu import EmulatedLink, tcp_bulk_baseline  # noqa: E402
 from station import keyring, link, sealing  # noqa: E402
 from station.bus import CommandClient  # noqa: E402
@@ -139,17 +140,6 @@ SIM_RETRY_S = 0.5
 
 def progress(text: str) -> None:
     print(f"uplink: {text}", file=sys.stderr, flush=True)
-
-
-def fs_type(path: Path) -> str:
-    """The filesystem under ``path`` (longest matching mount point): fsync on tmpfs is free."""
-    best, kind = "", "?"
-    with open("/proc/mounts") as mounts:
-        for line in mounts:
-            _, point, fstype = line.split()[:3]
-            if str(path).startswith(point) and len(point) > len(best):
-                best, kind = point, fstype
-    return kind
 
 
 def packaged(name: str) -> dict[str, Any]:
