@@ -68,6 +68,7 @@ import sys
 import threading
 import time
 import weakref
+from abc import ABC, abstractmethod
 
 _THIS_FILE = os.path.abspath(__file__)
 MSS_BYTES = 1448                             # a 1500-byte MTU with TCP timestamps
@@ -568,7 +569,7 @@ class EmulatedLink:
 # --------------------------------------------------------------------------- helpers
 
 
-class _TcpServer:
+class _TcpServer(ABC):
     """A threaded TCP server on 127.0.0.1 (``address``), one thread per connection running
     ``serve(conn)``; ``close()`` ends them all."""
 
@@ -588,8 +589,9 @@ class _TcpServer:
             self._conns.append(conn)
             threading.Thread(target=self.serve, args=(conn,), daemon=True).start()
 
+    @abstractmethod
     def serve(self, conn: socket.socket) -> None:
-        raise NotImplementedError
+        """Handle one accepted connection (in its own thread)."""
 
     def __enter__(self):
         return self
