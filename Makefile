@@ -9,7 +9,7 @@ PIP       := $(VENV)/bin/pip
 # python3-venv: the venv module; systemd: systemd-analyze for the unit checks; procps: /bin/kill (ExecReload);
 # make/gcc/python3-dev for any dependency that builds from source; nats-server: the
 # scale-out collector's JetStream tests; iproute2: the uplink benchmark's emulated 4G link.
-DEBIAN_PACKAGES := python3-venv python3-dev gcc systemd procps nats-server iproute2
+DEBIAN_PACKAGES := python3-venv python3-dev gcc systemd procps nats-server iproute2 fonts-dejavu-core fonts-ocr-b
 SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test system-deps bench clean

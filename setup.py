@@ -13,6 +13,7 @@ setup(
         "drivers",
         "drivers.camera",
         "drivers.fingerprint",
+        "drivers.printer",
     ],
     # The packaged default configuration lives in config/ at the top of the tree (where a
     # field engineer looks for it) and travels inside the wheel as station.defaults.
@@ -33,6 +34,7 @@ setup(
         "cryptography>=50,<51",
         "pycountry",
         "nats-py",
+        "segno",
     ],
     extras_require={
         "test": [
@@ -42,6 +44,7 @@ setup(
             "adafruit-circuitpython-fingerprint",
             "nistitl==0.6",
             "hypothesis",
+            "mrz",
         ],
     },
     entry_points={
@@ -53,6 +56,7 @@ setup(
             "station-collector = station.collector.main:main",
             "station-camerad = drivers.camera.daemon:main",
             "station-fingerprintd = drivers.fingerprint.daemon:main",
+            "station-printerd = drivers.printer.daemon:main",
         ],
     },
 )

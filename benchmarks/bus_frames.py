@@ -210,7 +210,7 @@ class OursSender:
         self.pub.publish(kind)
 
     def frame(self, image: np.ndarray) -> None:
-        self.pub.publish("data", {**image_fields(image, "bgr8"), "t_mono_ns": time.monotonic_ns()}, [image])
+        self.pub.publish("data", {**image_fields(image, "bgr8"), "t_mono_ns": time.monotonic_ns()}, {"image": image})
 
     def event(self) -> None:
         self.pub.publish("data", {"text_len": len(self.text), "text": self.text, "t_mono_ns": time.monotonic_ns()})

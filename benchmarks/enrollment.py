@@ -74,9 +74,8 @@ sys.path.insert(0, str(ROOT))
 import yaml  # noqa: E402
 import zmq  # noqa: E402
 
-from drivers.camera import emulator as camera_emulator  # noqa: E402
 from drivers.fingerprint import protocol as fp  # noqa: E402
-from drivers.fingerprint.emulator_control import send_command  # noqa: E402
+from drivers.emulation import send_command  # noqa: E402
 from station import config, keyring  # noqa: E402
 from station.bus import CommandClient, Subscriber  # noqa: E402
 from station.demo import make_applicant  # noqa: E402
@@ -108,8 +107,8 @@ def sensor_emulator_main(link: Path, control: Path, baud: int) -> int:
     Same emulator, same control channel, same print source; the only addition is a count
     of the command frames the emulator receives, which it does not keep itself.
     """
-    from drivers.fingerprint.emulator import SensorEmulator
-    from drivers.fingerprint.emulator_control import ControlChannel
+    from drivers.emulation import ControlChannel
+    from drivers.fingerprint.emulator import USAGE, SensorEmulator
     from drivers.fingerprint.prints import SyntheticFinger
     from station import logs
 
@@ -123,21 +122,22 @@ def sensor_emulator_main(link: Path, control: Path, baud: int) -> int:
             self.bytes_received += fp.HEADER_SIZE + len(packet.payload) + 2
             super()._on_packet(packet)
 
-        def _write(self, data: bytes) -> None:
-            super()._write(data)
+        def send(self, data: bytes) -> bool:
+            sent = super().send(data)
             self.line_idle_wall_ns = time.time_ns()
+            return sent
 
     logs.setup("WARNING")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     emulator = CountingSensor(prints=SyntheticFinger(0, 2), baud=baud, link=link)
     path = emulator.start()
-    channel = ControlChannel(emulator, control).start()
+    channel = ControlChannel(control, emulator.command, USAGE, "fingerprint-emulator").start()
 
     def stats() -> dict[str, Any]:
         return {**asdict(emulator.stats), "frames_received": emulator.frames_received,
                 "bytes_received": emulator.bytes_received, "line_idle_wall_ns": emulator.line_idle_wall_ns,
                 "baud": emulator.parameters.baud,
-                "paced": emulator.pace, "slow_s": emulator.faults.slow}
+                "paced": emulator.baud is not None, "slow_s": emulator.faults.slow}
 
     print(path, flush=True)
     try:
@@ -298,7 +298,7 @@ class Station:
         return self.children["sensor"].ask("stats")
 
     def camera_status(self) -> dict[str, Any]:
-        reply = camera_emulator.send_command(self.camera_control, "status")
+        reply = send_command(self.camera_control, "status")
         if not reply.startswith("ok "):
             raise StationError(f"camera emulator status: {reply}")
         return json.loads(reply[3:])

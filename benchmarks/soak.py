@@ -109,8 +109,7 @@ import orjson  # noqa: E402
 import yaml  # noqa: E402
 import zmq  # noqa: E402
 
-from drivers.camera import emulator as camera_emulator  # noqa: E402
-from drivers.fingerprint.emulator_control import send_command as sensor_command  # noqa: E402
+from drivers.emulation import send_command as sensor_command  # noqa: E402
 from station import config, keyring, record, sealing  # noqa: E402
 from station.bus import MAX_REQUEST_BYTES, CommandClient  # noqa: E402
 from station.demo import make_applicant  # noqa: E402
@@ -999,7 +998,7 @@ class Soak:
             ok = note.startswith("ok")
             end_fault = lambda: None  # noqa: E731 (the scanner is out until then)
         elif fault.kind == "camera_stall":
-            note = camera_emulator.send_command(self.camera_control, "stall")
+            note = sensor_command(self.camera_control, "stall")
             ok = note.startswith("ok")
             end_fault = self.camera_resume
         elif fault.kind == "collector_down":
@@ -1017,7 +1016,7 @@ class Soak:
         progress(f"fault {fault.kind} at applicant {fault.applicant} ({note})")
 
     def camera_resume(self) -> None:
-        answer = camera_emulator.send_command(self.camera_control, "resume")
+        answer = sensor_command(self.camera_control, "resume")
         if not answer.startswith("ok"):
             self.problems.append(f"camera emulator did not resume: {answer}")
 

@@ -28,12 +28,15 @@ from station.envelope import (
     ENVELOPE_VERSION,
     MalformedMessage,
     Message,
+    Payloads,
     decode,
     decode_request,
     dump_json,
     scan_corr,
     encode,
     make_header,
+    name_payloads,
+    payload_names,
     topic_for,
 )
 from station.errors import BadRequest, CommandError, DeadlineExceeded, StationError
@@ -125,17 +128,18 @@ class Publisher:
         self,
         event: str,
         fields: dict[str, Any] | None = None,
-        payloads: Sequence[Any] = (),
+        payloads: Payloads | None = None,
         *,
         t_acq_ns: int | None = None,
         name: str | None = None,
     ) -> int:
-        """Publish ``<kind>.<name>.<event>`` (name defaults to the source); returns its seq."""
+        """Publish ``<kind>.<name>.<event>`` (name defaults to the source) with its payloads
+        named in the header; returns its seq."""
         topic = topic_for(self.kind, name or self.src, event)
         seq = self.seq.get(topic, 0) + 1
         self.seq[topic] = seq
         frames = encode(topic, make_header(self.src, self.boot, seq, fields, t_acq_ns), payloads)
-        for part in payloads:
+        for part in frames[2:]:
             memoryview(part)  # a bad part raises here, before half a message is sent
         # Part by part: pyzmq's send_multipart costs more than the send itself for small
         # events. copy=False hands payloads to libzmq; pyzmq still copies parts under its
@@ -308,14 +312,23 @@ class Request:
         self.args: dict = header.get("args") or {}
         self.deadline_ns: int = header["deadline_ns"]
         self.payloads = payloads
+        self.names: list[str] = header.get("payloads", [])
         self.done = False
+
+    def payload(self, name: str) -> Any:
+        """The request's payload named ``name``; ``bad_request`` naming those it has."""
+        if name not in self.names:
+            raise BadRequest(f"'{self.cmd}' needs a payload named {name!r} (it has {self.names or 'none'})")
+        return self.payloads[self.names.index(name)]
 
     @property
     def remaining_s(self) -> float:
         return (self.deadline_ns - time.time_ns()) / 1e9
 
-    def reply(self, result: dict | None = None, payloads: Sequence[Any] = ()) -> None:
-        self._send({"ok": True, "result": result or {}}, payloads)
+    def reply(self, result: dict | None = None, payloads: Payloads | None = None) -> None:
+        """Answer with ``result`` and the payloads by name (``{"image": ..., "template": ...}``)."""
+        body: dict[str, Any] = {"ok": True, "result": result or {}}
+        self._send(body, name_payloads(body, payloads or {}))
 
     def fail(self, error: StationError) -> None:
         self._send({"ok": False, "error": error.as_reply()}, ())
@@ -436,6 +449,12 @@ class CommandServer:
         if problems:
             self._refuse(identity, corr, cmd, f"bad arguments to '{cmd}': {'; '.join(problems[:5])}")
             return
+        try:
+            payload_names(header, len(payloads))
+        except MalformedMessage as exc:
+            self._count(exc.reason, str(exc))
+            self._refuse(identity, corr, cmd, f"malformed request ({exc}): name each payload in 'payloads'")
+            return
         request = Request(self, identity, header, payloads)
         if request.remaining_s <= 0:
             request.fail(DeadlineExceeded(f"{self.name}: request '{request.cmd}' arrived after its deadline"))
@@ -468,6 +487,14 @@ class CommandServer:
 class Reply:
     result: dict
     payloads: list[bytes]
+    names: list[str] = field(default_factory=list)
+
+    def payload(self, name: str) -> bytes:
+        """The payload the reply's header names ``name``."""
+        if name not in self.names:
+            raise CommandError(f"the reply has no payload {name!r} (it has {self.names or 'none'})",
+                               code="internal")
+        return self.payloads[self.names.index(name)]
 
 
 class CommandClient:
@@ -483,7 +510,7 @@ class CommandClient:
         self.stale_replies = 0
 
     def call(self, cmd: str, args: dict | None = None, *, timeout_s: float = 5.0,
-             payloads: Sequence[Any] = (), abandon: Callable[[], StationError | None] | None = None) -> Reply:
+             payloads: Payloads | None = None, abandon: Callable[[], StationError | None] | None = None) -> Reply:
         """Send ``cmd`` and wait for its reply; raise ``CommandError`` or ``DeadlineExceeded``.
 
         ``abandon``, asked every ``ABANDON_CHECK_S`` while waiting, returns an error when the
@@ -493,7 +520,8 @@ class CommandClient:
         deadline = time.monotonic() + timeout_s
         header = {"v": ENVELOPE_VERSION, "corr": corr, "cmd": cmd, "args": args or {},
                   "deadline_ns": time.time_ns() + int(timeout_s * 1e9)}
-        self.socket.send_multipart([dump_json(header), *payloads], copy=False)
+        parts = name_payloads(header, payloads or {})
+        self.socket.send_multipart([dump_json(header), *parts], copy=False)
         while True:
             remaining_ms = int((deadline - time.monotonic()) * 1000)
             if remaining_ms <= 0:
@@ -513,7 +541,11 @@ class CommandClient:
                 self.stale_replies += 1  # a reply to a request we already gave up on
                 continue
             if reply.get("ok"):
-                return Reply(reply.get("result") or {}, frames[1:])
+                try:
+                    names = payload_names(reply, len(frames) - 1)
+                except MalformedMessage as exc:
+                    raise CommandError(f"{self.name} answered '{cmd}' with {exc}", code="internal") from None
+                return Reply(reply.get("result") or {}, frames[1:], names)
             raise CommandError.from_reply(reply.get("error") or {})
 
     def close(self) -> None:

@@ -5,13 +5,15 @@
   stationctl call NAME CMD [JSON]              send one command, print the reply
   stationctl watch [NAME ...] [--topic PREFIX] print events as JSON lines (never payloads)
   stationctl face check IMAGE...               the camera's portrait checks on image files
-  stationctl emulate fingerprint|camera ...    run one device emulator; first line: its path
+  stationctl emulate fingerprint|camera|printer ...  run one device emulator; first line: its path
   stationctl provision --station-id ID --central-key FILE   create the station keys, install central's
   stationctl record list                       sealed records in the store (metadata only)
   stationctl record open ID|FILE --key KEY     verify, decrypt with a central private key, summarise
   stationctl record export ID|FILE --key KEY --out FILE.an2   the ANSI/NIST-ITL transaction
   stationctl events [--since N]                the controller's event journal, from sequence N
   stationctl uplink [--follow] [--json]        delivery to central: link, backlog, throughput
+  stationctl print status [--json]             the print queue (instant issuance) and the printer
+  stationctl print retry JOB | cancel JOB      print a rejected card again / withdraw a job
 """
 from __future__ import annotations
 
@@ -68,7 +70,7 @@ def cmd_call(args: argparse.Namespace) -> int:
         ctx.term()
     out = {"ok": True, "result": reply.result}
     if reply.payloads:
-        out["payload_bytes"] = [len(p) for p in reply.payloads]
+        out["payload_bytes"] = {name: len(p) for name, p in zip(reply.names, reply.payloads)}
     print(json.dumps(out, indent=2))
     return 0
 
@@ -250,6 +252,48 @@ def cmd_events(args: argparse.Namespace) -> int:
         ctx.term()
 
 
+def format_print_jobs(status: dict) -> str:
+    """The print queue in an operator's words: one line a job, newest last."""
+    lines = [f"printer:  {status['printer'] or 'none configured'} ({'online' if status['online'] else 'offline'}), "
+             f"instant issuance {'on' if status['instant_issuance'] else 'off'}"]
+    for job in status["jobs"]:
+        line = f"{job['job']}  record {job['record'][:12]}…  {job['state']:<9} card {job['attempt']}/{job['max_attempts']}"
+        if job["paused"]:
+            line += f"  waiting: {job['paused']}"
+        if job["spoiled"]:
+            line += f"  spoiled: {', '.join(job['spoiled'])}"
+        if job["reason"]:
+            line += f"  ({job['reason']})"
+        lines.append(line)
+    if not status["jobs"]:
+        lines.append("no print jobs")
+    return "\n".join(lines)
+
+
+def cmd_print(args: argparse.Namespace) -> int:
+    """The controller's print queue: status, or an operator's retry or cancel."""
+    ctx = zmq.Context()
+    client = CommandClient(ctx, _paths(args).cmd("controller"), name="controller")
+    operator = os.environ.get("SUDO_USER") or pwd.getpwuid(os.getuid()).pw_name
+    try:
+        if args.action == "status":
+            status = client.call("print.status", timeout_s=args.timeout).result
+            print(json.dumps(status, indent=2) if args.json else format_print_jobs(status))
+        else:
+            call_args = {"job": args.job, "operator": operator}
+            if args.action == "cancel" and args.reason:
+                call_args["reason"] = args.reason
+            job = client.call(f"print.{args.action}", call_args, timeout_s=args.timeout).result
+            print(f"print job {job['job']}: {job['state']}")
+        return 0
+    except StationError as exc:
+        print(f"stationctl print {args.action}: {exc.message}", file=sys.stderr)
+        return 1
+    finally:
+        client.close()
+        ctx.term()
+
+
 def _size(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1000 or unit == "GB":
@@ -326,6 +370,8 @@ def cmd_uplink(args: argparse.Namespace) -> int:
 def cmd_emulate(args: argparse.Namespace, rest: list[str]) -> int:
     if args.device == "fingerprint":
         from drivers.fingerprint import emulator
+    elif args.device == "printer":
+        from drivers.printer import emulator
     else:
         from drivers.camera import emulator
     return emulator.main(rest)
@@ -406,9 +452,23 @@ def build_parser() -> argparse.ArgumentParser:
     uplink.add_argument("--timeout", type=float, default=3.0)
     uplink.set_defaults(func=cmd_uplink)
 
+    printing = sub.add_parser("print", help="the print queue of instant issuance")
+    print_sub = printing.add_subparsers(dest="action", required=True)
+    print_status = print_sub.add_parser("status", help="print jobs and the printer")
+    print_status.add_argument("--json", action="store_true", help="the queue as JSON")
+    for action, text in (("retry", "print a rejected job's card again (after fixing the printer)"),
+                         ("cancel", "withdraw a job; a card inside the printer is rejected")):
+        one = print_sub.add_parser(action, help=text)
+        one.add_argument("job", help="the job id (stationctl print status)")
+        if action == "cancel":
+            one.add_argument("--reason", default="", help="why, for the audit log")
+    for parser_ in print_sub.choices.values():
+        parser_.add_argument("--timeout", type=float, default=5.0)
+        parser_.set_defaults(func=cmd_print)
+
     emulate = sub.add_parser("emulate", help="run one device emulator (options: stationctl emulate DEVICE --help)",
                              add_help=False)
-    emulate.add_argument("device", choices=["fingerprint", "camera"])
+    emulate.add_argument("device", choices=["fingerprint", "camera", "printer"])
     emulate.set_defaults(func=None)
     return parser
 

@@ -18,7 +18,9 @@ Commands on ``controller.cmd`` (operators, the console, the demo, ``stationctl``
 ``session.finish {session}``                     -> ``{record}`` once sealed and committed
 ``session.cancel {session, reason}``, ``session.abort {session}`` (stop the capture under
 way), ``events.since {since, limit}``, ``record.list``,
-``record.get {record}`` (the sealed envelope as payload), ``status``
+``record.get {record}`` (the sealed envelope as payload), ``status``,
+``print.status`` / ``print.retry {job}`` / ``print.cancel {job, reason}`` (instant issuance:
+``issuance.py``)
 
 Slow work (driver calls, WSQ, signing, sealing, the fsynced commit) runs in a worker
 thread; the main loop keeps serving heartbeats, status and other commands meanwhile.
@@ -29,14 +31,15 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from datetime import date
+from typing import Any, Callable, Mapping, Sequence
 
-from station import biometrics, config, demographics, enrollment, keyring, peers, record, sealing
+from station import biometrics, config, demographics, enrollment, issuance, keyring, peers, record, sealing
 from station.bus import CommandClient, Reply, Request, Subscriber
 from station.daemon import Daemon, main_for
 from station.enrollment import Finger, Photo, Session, SessionError
 from station.envelope import Message
-from station.errors import CommandError, DeadlineExceeded, StationError
+from station.errors import CommandError, ConfigError, DeadlineExceeded, StationError
 from station.paths import Paths
 from station.store import RecordStore, StoreError, Tx
 
@@ -80,11 +83,16 @@ class Controller(Daemon):
         self._snapshot_client: dict[str, CommandClient] = {}
         self._resync_at: dict[str, float] = {}  # driver -> when to ask its snapshot
         self._connect_drivers(self.config)
+        self.print_queue = issuance.PrintQueue(
+            self.store, self.add_worker("controller-printing"), self._call_printer, self._printer_online,
+            {**self.config["printing"], "etc": self.paths.etc}, self._publish_journal)
         # ``operator``: who at the station asked (an officer may take over a colleague's
         # session); audited as the actor, the session's own operator otherwise.
         session = {"session": {"type": "string", "pattern": "^[0-9a-f]{16}$"},
                    "operator": {"type": "string", "minLength": 1, "maxLength": 64}}
         position = {"position": {"type": "integer", "minimum": 1, "maximum": 10}}
+        job = {"job": {"type": "string", "pattern": "^[0-9a-f]{16}$"},
+               "operator": {"type": "string", "minLength": 1, "maxLength": 64}}
         for cmd, handler, args, required in (
             ("status", self._cmd_status, None, ()),
             ("session.start", self._cmd_start, {"applicant": {"type": "object", "maxProperties": 32},
@@ -108,12 +116,19 @@ class Controller(Daemon):
             ("record.list", self._cmd_record_list, None, ()),
             ("record.get", self._cmd_record_get, {"record": {"type": "string", "pattern": "^[0-9a-f]{32}$"}},
              ("record",)),
+            ("print.status", self._cmd_print_status, None, ()),
+            ("print.retry", self._cmd_print_retry, job, ("job",)),
+            ("print.cancel", self._cmd_print_cancel, {**job, "reason": {"type": "string", "maxLength": 200}},
+             ("job",)),
         ):
             self.commands.register(cmd, handler, args, required)
 
     def load_config(self) -> dict[str, Any]:
         """The controller's file and the enrollment policy, applied (or rejected) together."""
         controller = config.load("controller", None, self.paths.etc, self.overrides)
+        if controller["printing"]["instant_issuance"] and not controller["drivers"]["printer"]:
+            raise ConfigError([f"{self.paths.etc}/controller.yaml: printing.instant_issuance is on but "
+                               "drivers.printer names no printer: add one (e.g. [printer0]) or turn it off"])
         return {**controller, "enrollment": config.load("enrollment", None, self.paths.etc)}
 
     @property
@@ -125,7 +140,7 @@ class Controller(Daemon):
         """(Re)build the links to the configured drivers; keeps what is known of drivers
         that stay, so a reload does not mark a running scanner offline."""
         links = {}
-        for kind in ("camera", "fingerprint"):
+        for kind in ("camera", "fingerprint", "printer"):
             for driver in cfg["drivers"][kind]:
                 old = self.drivers.get(driver)
                 links[driver] = old if old is not None and old.kind == kind else DriverLink(kind, driver)
@@ -148,6 +163,7 @@ class Controller(Daemon):
             self._connect_drivers(new)
         # Open sessions keep the policy they started under; new ones take the new policy.
         self.config = new
+        self.print_queue.settings = {**new["printing"], "etc": self.paths.etc}
 
     def setup(self) -> None:
         biometrics.warm_up()  # duplicate-finger comparisons need it from the second finger on
@@ -189,6 +205,7 @@ class Controller(Daemon):
         if now >= self._next_expiry_check:
             self._next_expiry_check = now + EXPIRY_CHECK_S
             self._expire_idle_sessions()
+        self.print_queue.tick(now)
 
     def _snapshot(self, src: str, now: float) -> None:
         """Late-joiner resync: we are subscribed already; adopt the driver's own counters."""
@@ -204,10 +221,12 @@ class Controller(Daemon):
         link.identity = {"kind": link.kind, "boot": snap["boot"], **snap.get("status", {})}
 
     def healthy(self) -> bool:
-        return self.worker.stuck_for() < 2 * self.config["capture_timeout_s"] + 10
+        return (self.worker.stuck_for() < 2 * self.config["capture_timeout_s"] + 10
+                and self.print_queue.worker.stuck_for() < 3 * self.config["printing"]["step_timeout_s"])
 
     def shutdown(self) -> None:
         self.worker.stop()
+        self.print_queue.worker.stop()
         for client in self._snapshot_client.values():
             client.close()
         self.driver_events.close()
@@ -406,9 +425,12 @@ class Controller(Daemon):
 
         def finish(reply: Reply) -> dict:
             result = reply.result
-            names = [f"{prefix}{name}" for name in result.get("images", [])]
-            if len(names) != len(reply.payloads) or not names:
-                raise StationError(f"camera {camera} sent {len(reply.payloads)} images for {names}", code="internal")
+            chip = [n for n in reply.names if n.startswith("portrait-chip.")]
+            if "portrait.jpg" not in reply.names or len(chip) != 1:
+                raise StationError(f"camera {camera} sent the images {reply.names}, not portrait.jpg and one "
+                                   "portrait-chip image", code="internal")
+            sent = ("portrait.jpg", chip[0])  # the record JPEG first, then the chip image
+            names = [f"{prefix}{name}" for name in sent]
             token = result.get("token") or {}
             now = time.time_ns()
             photo = Photo(camera, result.get("score"), bool(result.get("passed")), bool(result.get("forced")), mode,
@@ -417,7 +439,8 @@ class Controller(Daemon):
             updated = taken(current, photo, now)
             figures = {"score": photo.score, "passed": photo.passed, "forced": photo.forced}
             self._save(updated, f"station.enrollment.{what}.captured", figures, f"session.{what}",
-                       captures={n: bytes(p) for n, p in zip(names, reply.payloads)}, actor=self._actor(request))
+                       captures={n: bytes(reply.payload(m)) for n, m in zip(names, sent)},
+                       actor=self._actor(request))
             return {**updated.view(), "hint": result.get("hint"), **figures}
 
         self._in_worker(request, session, lambda: self._call_driver(request, camera, "capture", {"mode": mode}),
@@ -467,7 +490,7 @@ class Controller(Daemon):
                 self.worker.post(lambda a=attempt, q=nfiq2: self._journal(
                     "station.enrollment.finger.attempt", {"session": sid, "position": position, "attempt": a,
                                                           "nfiq2": q}))
-                self._refuse_duplicate(position, bytes(reply.payloads[1]), earlier, policy)
+                self._refuse_duplicate(position, bytes(reply.payload("template")), earlier, policy)
                 attempts.append(reply)
                 if nfiq2 >= accept:
                     break
@@ -488,7 +511,8 @@ class Controller(Daemon):
             updated = enrollment.finger_taken(self.sessions[sid], finger, now)
             self._save(updated, "station.enrollment.finger.captured",
                        {"position": position, "nfiq2": finger.nfiq2, "force_captured": forced}, "session.finger",
-                       captures={finger.image: bytes(kept.payloads[0]), finger.template: bytes(kept.payloads[1])},
+                       captures={finger.image: bytes(kept.payload("image")),
+                                 finger.template: bytes(kept.payload("template"))},
                        actor=self._actor(request))
             return {**finger.summary(), "session": updated.view()}
 
@@ -526,22 +550,28 @@ class Controller(Daemon):
         devices = {n: self.drivers[n].identity for n in self.drivers}
         station_id, destination = self.keys.station_id, self.config["record"]["destination"]
         actor = self._actor(request)
+        printing = self.config["printing"]
+        queued: list[Any] = []
 
         def job() -> dict:
             started = time.perf_counter()
             now = time.time_ns()
             bundle = record.build(session, lambda name: self.store.capture(sid, name), record_id=record_id,
                                   station_id=station_id, destination=destination, devices=devices, now_ns=now)
+            card = self._card(session, printing) if printing["instant_issuance"] else None
             sealed = sealing.seal(bundle.data, record_id=record_id, content_type=record.CONTENT_TYPE,
                                   signer=self.keys.signer, central=self.keys.central, created_ns=now)
             closed = enrollment.finished(session, record_id, time.time_ns())
             summary = bundle.summary()
             figures = {"record": record_id, "fingers": summary["fingers"], "exceptions": summary["exceptions"],
                        "force_captured": summary["force_captured"], "sealed_bytes": len(sealed)}
-            row = self.store.commit_record(
-                record_id, sid, record.CONTENT_TYPE, sealed, summary,
-                lambda tx: self._write_session(tx, closed, "station.enrollment.completed", figures, "session.finish",
-                                               actor=actor))
+            def closing(tx: Tx) -> None:
+                self._write_session(tx, closed, "station.enrollment.completed", figures, "session.finish",
+                                    actor=actor)
+                if card is not None:
+                    queued.append(self.print_queue.queue_in(tx, record_id, card, now))
+
+            row = self.store.commit_record(record_id, sid, record.CONTENT_TYPE, sealed, summary, closing)
             return {"record": record_id, "sealed_bytes": row.sealed_bytes, "sealed_sha256": row.sealed_sha256,
                     "seconds": round(time.perf_counter() - started, 3), "closed": closed}
 
@@ -549,10 +579,70 @@ class Controller(Daemon):
             closed = result.pop("closed")
             self.sessions.pop(closed.session_id, None)
             log.info("record %s sealed and committed (%d bytes)", record_id, result["sealed_bytes"])
+            for print_job in queued:
+                self.print_queue.adopt(print_job)
+                result["print_job"] = print_job.job_id
             return result
 
         self._in_worker(request, session, job, finish, committed_by_job=True)
         return None
+
+    def _card(self, session: Session, printing: Mapping[str, Any]) -> bytes | None:
+        """The card data for instant issuance; None (logged and journaled) when this
+        applicant's card cannot be made here, which never stops the record's commit."""
+        try:
+            return issuance.card_for(session, lambda name: self.store.capture(session.session_id, name),
+                                     date.today(), printing["authority"])
+        except StationError as exc:
+            log.error("no card for session %s: %s", session.session_id, exc.message)
+            body = {"session": session.session_id, "error": exc.code}
+            self.worker.post(lambda: self._journal("station.print.not_queued", body))
+            return None
+
+    # -- instant issuance -------------------------------------------------------------------
+    def _printer_online(self) -> bool:
+        printers = self.config["drivers"]["printer"]
+        return bool(printers) and self.drivers[printers[0]].online
+
+    def _call_printer(self, cmd: str, args: dict, payloads: Mapping[str, Any], timeout_s: float) -> Reply:
+        """One command to the printer daemon from the print queue's worker thread."""
+        printers = self.config["drivers"]["printer"]
+        if not printers or not self._printer_online():
+            raise StationError(f"printer {printers[0] if printers else '(none)'} is offline: check the printer and "
+                               "its service", code="driver_offline", retryable=True)
+        driver = printers[0]
+        client = CommandClient(self.ctx, self.paths.cmd(driver), name=driver)
+        stream = self.driver_events.streams.get(driver)
+        boot = stream.boot if stream else None
+
+        def gone() -> StationError | None:
+            stream = self.driver_events.streams.get(driver)
+            if not self.drivers[driver].online or (boot and stream and stream.boot != boot):
+                return StationError(f"{driver} stopped during '{cmd}'", code="driver_offline", retryable=True)
+            return None
+
+        try:
+            return client.call(cmd, args, timeout_s=timeout_s, payloads=payloads, abandon=gone)
+        finally:
+            client.close()
+
+    def _cmd_print_status(self, request: Request) -> dict:
+        return {"printer": (self.config["drivers"]["printer"] or [None])[0], "online": self._printer_online(),
+                "instant_issuance": self.config["printing"]["instant_issuance"], "jobs": self.print_queue.views()}
+
+    def _cmd_print_retry(self, request: Request) -> dict:
+        job = self.print_queue.retry(request.args["job"])
+        self._audit_print(request, "print.retry", job)
+        return job.view()
+
+    def _cmd_print_cancel(self, request: Request) -> dict:
+        job = self.print_queue.cancel(request.args["job"], request.args.get("reason", ""))
+        self._audit_print(request, "print.cancel", job)
+        return job.view()
+
+    def _audit_print(self, request: Request, action: str, job: Any) -> None:
+        with self.store.transaction() as tx:
+            tx.audit(self._actor(request) or "operator", action, record_id=job.record_id, job=job.job_id)
 
     def _cmd_cancel(self, request: Request) -> dict:
         session = self._session(request)
@@ -589,7 +679,7 @@ class Controller(Daemon):
     def _cmd_record_get(self, request: Request) -> None:
         record_id = request.args["record"]
         sealed = self.store.sealed(record_id)  # not_found for an unknown id
-        request.reply(self.store.get(record_id).to_dict(), [sealed])
+        request.reply(self.store.get(record_id).to_dict(), {"sealed": sealed})
 
     # -- migration of schema-1 plaintext records --------------------------------------------
     def _seal_legacy(self, record_id: str, manifest: dict[str, Any], files: dict[str, bytes]) -> bytes:

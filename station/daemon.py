@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 import zmq
 
 from station import config, locks, logs, peers
-from station.bus import HEARTBEAT_S, CommandServer, Publisher, Request
+from station.bus import HEARTBEAT_S, MAX_REQUEST_BYTES, CommandServer, Publisher, Request
 from station.envelope import new_boot_id
 from station.errors import ConfigError, StationError
 from station.paths import Paths
@@ -42,6 +42,8 @@ POLL_MS = 50
 class Daemon:
     kind: str = "station"
     section: str = ""
+    #: the largest request the command socket takes (a printer's card sides are megabytes)
+    max_request_bytes: int = MAX_REQUEST_BYTES
 
     def __init__(self, name: str, paths: Paths, overrides: Sequence[str] = ()):
         self.name = name
@@ -67,7 +69,7 @@ class Daemon:
         self.zap = ZapHandler(self.ctx)  # before any socket that asks it
         self.events = self.add_publisher(paths.pub(name))
         self.commands = CommandServer(self.ctx, paths.cmd(name), name=f"{self.kind}.{name}",
-                                      zap_domain=peers.COMMANDS)
+                                      max_bytes=self.max_request_bytes, zap_domain=peers.COMMANDS)
         self.commands.register("state", self._cmd_state)
         self.commands.register("ping", lambda request: {"pong": True, "boot": self.boot})
         self._readers: dict[Any, Callable[[], None]] = {}

@@ -5,9 +5,11 @@ under systemd: a fingerprint sensor emulator on a pseudo-terminal, the fingerpri
 talking the real packet protocol to it, the camera daemon on its emulated source, the
 controller and the uplink; and, playing central, a collector gateway on loopback TCP with
 CURVE (embedded storage, or JetStream with ``--collector nats://HOST:PORT``). The demo plays
-the officer for N applicants through the control socket, waits until central has
-acknowledged and confirmed every record and event, exports each record from central's
-storage with central's key, writes ``summary.json`` and exits non-zero if anything was lost.
+the officer for N applicants through the control socket, prints each applicant's card on
+an emulated card printer (instant issuance: ``DIR/cards/<record>/front.png``, ``back.png``
+and the printer's decoded panels), waits until central has acknowledged and confirmed
+every record and event, exports each record from central's storage with central's key,
+writes ``summary.json`` and exits non-zero if anything was lost.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -29,7 +32,7 @@ from typing import Any, Sequence
 import yaml
 import zmq
 
-from drivers.fingerprint.emulator_control import send_command
+from drivers.emulation import send_command
 from station import demographics, keyring
 from station.bus import CommandClient
 from station.errors import StationError
@@ -46,6 +49,7 @@ HAI_PHONG = "031"
 STATION_ID = "VN-HP-0001"
 READY_TIMEOUT_S = 60.0
 DELIVERY_TIMEOUT_S = 120.0
+PRINT_TIMEOUT_S = 120.0
 
 
 @dataclass
@@ -97,6 +101,8 @@ class ApplicantResult:
     fingers: int = 0
     events: list[str] = field(default_factory=list)
     files: list[str] = field(default_factory=list)  # the exported ANSI/NIST-ITL transaction
+    print_job: str = ""
+    card: str = ""  # DIR/cards/<record>: the printed card's sides and panels
     error: str = ""
 
 
@@ -120,11 +126,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def write_config(etc: Path, fingerprint_port: str) -> None:
+def write_config(etc: Path, fingerprint_port: str, printer_port: str) -> None:
     """The demo's field overrides, written where a field engineer would put them."""
     (etc / "conf.d").mkdir(parents=True, exist_ok=True)
     (etc / "fingerprint@fp0.yaml").write_text(yaml.safe_dump({"port": fingerprint_port}))
     (etc / "camera@cam0.yaml").write_text(yaml.safe_dump({"source": {"kind": "emulated"}}))
+    (etc / "printer@printer0.yaml").write_text(yaml.safe_dump({"port": printer_port}))
+    (etc / "conf.d" / "50-controller.instant-issuance.yaml").write_text(yaml.safe_dump(
+        {"drivers": {"printer": ["printer0"]}, "printing": {"instant_issuance": True}}, allow_unicode=True))
 
 
 def make_applicant(rng: random.Random, number: int) -> dict[str, Any]:
@@ -192,6 +201,17 @@ class Demo:
             raise StationError(f"fingerprint emulator did not start:\n{emulator.log_tail()}")
         return line
 
+    def start_printer_emulator(self) -> str:
+        link = self.workdir / "dev" / "printer0"
+        self.printer_out = self.workdir / "printer-out"
+        emulator = self.spawn("printer-emulator", [str(scripts_dir() / "stationctl"), "emulate", "printer",
+                                                   "--link", str(link), "--out", str(self.printer_out)],
+                              reads_stdout=True)
+        line = emulator.popen.stdout.readline().decode().strip()
+        if not line:
+            raise StationError(f"printer emulator did not start:\n{emulator.log_tail()}")
+        return line
+
     def place_finger(self, applicant_seed: int, position: int, quality: str = "good") -> None:
         """The applicant puts a finger on the glass (the emulator's control channel)."""
         answer = send_command(self.sensor_control, f"finger {applicant_seed} {position} quality={quality}")
@@ -202,12 +222,13 @@ class Demo:
         bindir = scripts_dir()
         self.spawn("cam0", [str(bindir / "station-camerad"), "cam0"])
         self.spawn("fp0", [str(bindir / "station-fingerprintd"), "fp0"])
+        self.spawn("printer0", [str(bindir / "station-printerd"), "printer0"])
         self.spawn("controller", [str(bindir / "station-controller")])
         self.spawn("uplink", [str(bindir / "station-uplink")])
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + READY_TIMEOUT_S
-        for name, paths in (("collector", self.central_paths), ("cam0", None), ("fp0", None),
+        for name, paths in (("collector", self.central_paths), ("cam0", None), ("fp0", None), ("printer0", None),
                             ("controller", None), ("uplink", None)):
             client = CommandClient(self.ctx, (paths or self.paths).cmd(name), name=name)
             try:
@@ -372,6 +393,7 @@ class Demo:
                     raise StationError(f"session not ready for review: {review['step']}", code="demo")
                 done = step("finish", "session.finish", {"session": session})
                 result.record = done["record"]
+                result.print_job = done.get("print_job", "")
                 result.timings_s["total"] = round(time.monotonic() - started, 3)
             except StationError as exc:
                 result.error = f"{exc.code}: {exc.message}"
@@ -388,13 +410,16 @@ class Demo:
             self.start_collector()
             port = self.start_emulator()
             self.say(f"  emulator   fingerprint sensor on {port}")
-            write_config(self.paths.etc, port)
+            printer = self.start_printer_emulator()
+            self.say(f"  emulator   card printer on {printer}")
+            write_config(self.paths.etc, port, printer)
             self.start_daemons()
             self.wait_ready()
             for number in range(1, self.applicants + 1):
                 result = self.enroll(number)
                 self.results.append(result)
                 self.report(result)
+            self.wait_printed()
             self.wait_delivered()
             for result in self.results:
                 if result.record:
@@ -417,6 +442,35 @@ class Demo:
                      f"STATION_ETC={self.central_paths.etc} station-collector export RECORD --key {self.central_key} "
                      "--out FILE.an2")
         return 0 if ok else 1
+
+    def wait_printed(self) -> None:
+        """Every committed record's card printed (the controller's print queue), then each
+        card's sides and panels put under DIR/cards/<record id>/."""
+        waiting = {r.print_job: r for r in self.results if r.print_job}
+        deadline = time.monotonic() + PRINT_TIMEOUT_S
+        with self.control() as control:
+            while True:
+                jobs = {j["job"]: j for j in control.call("print.status").result["jobs"] if j["job"] in waiting}
+                ended = {k: j for k, j in jobs.items() if j["state"] in ("done", "rejected", "cancelled")}
+                if len(ended) == len(waiting):
+                    break
+                if time.monotonic() > deadline:
+                    raise StationError(f"cards not printed within {PRINT_TIMEOUT_S:.0f} s: "
+                                       f"{[j for j in jobs.values() if j not in ended.values()]}")
+                self.check_alive()
+                time.sleep(0.2)
+        printed = sorted(self.printer_out.glob("card-*")) if self.printer_out.exists() else []
+        done = [waiting[k] for k, j in sorted(ended.items(), key=lambda kv: kv[1]["updated_ns"]) if j["state"] == "done"]
+        for r in waiting.values():
+            if ended[r.print_job]["state"] != "done":
+                r.events.append(f"card not printed: {ended[r.print_job]['reason']}")
+        # With no faults every job prints on its first card: the printer's cards, in order.
+        for r, card_dir in zip(done, printed[-len(done):] if done else []):
+            target = self.workdir / "cards" / r.record
+            shutil.copytree(card_dir, target, dirs_exist_ok=True)
+            r.card = str(target)
+            r.events.append(f"card printed: {target.relative_to(self.workdir)}/front.png, back.png")
+        self.say(f"  {sum(1 for r in self.results if r.card)} card(s) printed to {self.workdir / 'cards'}/")
 
     def report(self, r: ApplicantResult) -> None:
         name = r.applicant["full_name"]
@@ -444,6 +498,9 @@ class Demo:
                         problems += store.verify(r.record)  # then it must still be here, intact
                     if not r.files or not all(Path(f).is_file() for f in r.files):
                         problems.append(f"record {r.record} was not exported from central")
+                    if not r.card or not (Path(r.card) / "front.png").is_file() or \
+                            not (Path(r.card) / "back.png").is_file():
+                        problems.append(f"record {r.record}: no printed card")
             store.close()
         problems += [f"{name} exited with status {code} (see {self.logs}/{name}.log)"
                      for name, code in codes.items() if code not in (0, None)]
@@ -464,11 +521,13 @@ class Demo:
                       "central_key": str(self.central_key or ""),
                       "logs": {p.name: str(p.log_path) for p in self.processes}},
             "exports": [f for r in self.results for f in r.files],
+            "cards": sum(1 for r in self.results if r.card),
             "exit_codes": codes,
             "results": [
                 {"applicant": r.number, "session": r.session, "record": r.record, "error": r.error,
                  "portrait": {k: r.portrait.get(k) for k in ("score", "passed", "forced")}, "fingers": r.fingers,
                  "events": r.events, "timings_s": r.timings_s, "export": r.files[0] if r.files else None,
+                 "print_job": r.print_job or None, "card": r.card or None,
                  "delivery": self.delivery.get(r.record, {"delivered": False, "confirmed": False})}
                 for r in self.results
             ],

@@ -13,6 +13,7 @@ import re
 import secrets
 import time
 from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any, Sequence
 
 import orjson
@@ -76,6 +77,13 @@ class Message:
     def get(self, key: str, default: Any = None) -> Any:
         return self.header.get(key, default)
 
+    def payload(self, name: str) -> Any:
+        """The payload the header names ``name``; KeyError naming those there are."""
+        names = self.header.get("payloads", [])
+        if name not in names:
+            raise KeyError(f"{self.topic} has no payload {name!r} (it has {names})")
+        return self.payloads[names.index(name)]
+
 
 def topic_for(kind: str, name: str, event: str) -> str:
     return f"{kind}.{name}.{event}"
@@ -91,9 +99,32 @@ def make_header(
     return header
 
 
-def encode(topic: str, header: dict[str, Any], payloads: Sequence[Any] = ()) -> list[Any]:
+Payloads = Mapping[str, Any]
+PAYLOAD_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def name_payloads(header: dict[str, Any], payloads: Payloads) -> list[Any]:
+    """Name the payloads in the header (``payloads: [name, ...]``, in frame order) and
+    return them as frames: what travels is known by its name, not its position."""
+    if payloads:
+        header["payloads"] = list(payloads)
+    return list(payloads.values())
+
+
+def payload_names(header: dict[str, Any], count: int) -> list[str]:
+    """The names of a message's ``count`` payloads; a header that names them wrongly is
+    malformed (a reader must never take a template for an image)."""
+    names = header.get("payloads", [])
+    if (not isinstance(names, list) or len(names) != count or len(set(names)) != count
+            or not all(isinstance(n, str) and PAYLOAD_NAME.fullmatch(n) for n in names)):
+        raise MalformedMessage("bad_payload_names", f"{count} payload(s), names {str(names)[:80]}")
+    return names
+
+
+def encode(topic: str, header: dict[str, Any], payloads: Payloads | None = None) -> list[Any]:
     """Frames ready for ``send_multipart``; payloads pass through untouched (zero-copy)."""
-    return [topic.encode(), dump_json(header), *payloads]
+    parts = name_payloads(header, payloads or {})
+    return [topic.encode(), dump_json(header), *parts]
 
 
 def _buffer_len(part: Any) -> int:
@@ -127,6 +158,7 @@ def decode(frames: Sequence[Any]) -> Message:
     check_header(header)
     payloads = list(frames[2:])
     check_image(header, payloads)
+    payload_names(header, len(payloads))
     return Message(topic, header, payloads)
 
 

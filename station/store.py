@@ -16,6 +16,10 @@ One process writes (the controller): it holds an exclusive lock on ``writer.lock
 only it runs recovery and migrations; tools open the store read-only and touch nothing.
 The uplink is the one exception, through ``station.outbox``: it writes only the delivery
 columns of committed records, its event cursor, and removes a sealed file it purges.
+
+The print queue lives here too (``print_jobs``, schema 4): each job's state as
+``station.printing`` keeps it (no personal data), and the card data it prints, encrypted
+like a capture and bound to the job id; the card data is destroyed when the job ends.
 """
 from __future__ import annotations
 
@@ -33,8 +37,9 @@ from typing import Any, Callable, Iterator, Protocol
 
 from station import locks
 from station.errors import StationError
+from station.printing import DESTROYS_CARD as PRINT_JOB_ENDED
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4  # 4 added the print queue (print_jobs)
 SEALED_SUFFIX = ".sealed"
 
 SCHEMA = """
@@ -86,6 +91,15 @@ CREATE TABLE IF NOT EXISTS audit (
     record_id   TEXT,
     detail      TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS print_jobs (
+    job_id      TEXT PRIMARY KEY,
+    record_id   TEXT NOT NULL,
+    state       TEXT NOT NULL,
+    updated_ns  INTEGER NOT NULL,
+    job         TEXT NOT NULL,        -- station.printing.PrintJob as JSON; nothing personal
+    card        BLOB                  -- the card data, encrypted; NULL once the job ended
+);
+CREATE INDEX IF NOT EXISTS print_jobs_state ON print_jobs(state);
 """
 
 
@@ -164,6 +178,10 @@ def _session_aad(session_id: str) -> bytes:
     return f"station-session/v1\x00{session_id}".encode()
 
 
+def _print_card_aad(job_id: str) -> bytes:
+    return f"station-print-card/v1\x00{job_id}".encode()
+
+
 class Tx:
     """One unit of work inside a store transaction (see ``RecordStore.transaction``)."""
 
@@ -211,6 +229,23 @@ class Tx:
         self._db.execute("INSERT INTO journal(seq, t_ns, topic, body) VALUES (?,?,?,?)",
                          (seq, time.time_ns(), topic, json.dumps(body, sort_keys=True)))
         return seq
+
+    def save_print_job(self, job: dict[str, Any], card: bytes | None = None) -> None:
+        """Insert or update a print job (``PrintJob.to_dict()``). ``card`` stores the card data
+        encrypted; without it an update keeps the stored card. A job that ended destroys its
+        card data whatever is passed, so a retried job needs it handed in again."""
+        job_id = job["job_id"]
+        ended = job["state"] in PRINT_JOB_ENDED
+        blob = None
+        if card is not None and not ended:
+            blob = self._store.cipher.encrypt(bytes(card), _print_card_aad(job_id))
+        self._db.execute(
+            "INSERT INTO print_jobs(job_id, record_id, state, updated_ns, job, card) VALUES (?,?,?,?,?,?) "
+            "ON CONFLICT(job_id) DO UPDATE SET record_id=excluded.record_id, state=excluded.state, "
+            "updated_ns=excluded.updated_ns, job=excluded.job, "
+            "card=CASE WHEN ? THEN excluded.card ELSE print_jobs.card END",
+            (job_id, job["record_id"], job["state"], job["updated_ns"], json.dumps(job, sort_keys=True), blob,
+             ended or card is not None))
 
     def audit(self, actor: str, action: str, *, session_id: str | None = None, record_id: str | None = None,
               **detail: Any) -> None:
@@ -458,6 +493,34 @@ class RecordStore:
         if row is None:
             raise StoreError(f"session {session_id} has no capture {name}", code="capture_missing")
         return self.cipher.decrypt(row[0], _capture_aad(session_id, name))
+
+    def print_jobs(self, states: str | tuple[str, ...] | list[str] | None = None) -> list[dict[str, Any]]:
+        """Stored print jobs (``PrintJob.to_dict()``), in the order they were first saved."""
+        where, params = "1", ()
+        if isinstance(states, str):
+            states = (states,)
+        if states is not None:
+            where, params = f"state IN ({','.join('?' * len(states))})", tuple(states)
+        with self._lock:
+            rows = self.db.execute(f"SELECT job FROM print_jobs WHERE {where} ORDER BY rowid", params).fetchall()
+        return [json.loads(job) for job, in rows]
+
+    def print_job(self, job_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            row = self.db.execute("SELECT job FROM print_jobs WHERE job_id=?", (job_id,)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def print_card(self, job_id: str) -> bytes:
+        """The card data of a print job, decrypted."""
+        with self._lock:
+            row = self.db.execute("SELECT state, card FROM print_jobs WHERE job_id=?", (job_id,)).fetchone()
+        if row is None:
+            raise StoreError(f"no print job {job_id} in the store", code="not_found")
+        state, blob = row
+        if blob is None:
+            raise StoreError(f"print job {job_id} ({state}) holds no card data: it is destroyed when a job ends; "
+                             "to print it again, save the job with the card data", code="not_found")
+        return self.cipher.decrypt(blob, _print_card_aad(job_id))
 
     def journal_since(self, seq: int, limit: int = 1000) -> list[JournalEntry]:
         with self._lock:

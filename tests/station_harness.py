@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import yaml
 
-from drivers.fingerprint.emulator_control import send_command
+from drivers.emulation import send_command
 from station import demographics
 from station.bus import CommandClient
 from station.errors import StationError
@@ -20,7 +20,7 @@ from station.paths import Paths
 
 BIN = Path(sysconfig.get_path("scripts"))
 PROGRAMS = {"fp0": ["station-fingerprintd", "fp0"], "cam0": ["station-camerad", "cam0"],
-            "controller": ["station-controller"]}
+            "printer0": ["station-printerd", "printer0"], "controller": ["station-controller"]}
 
 
 def applicant(number: int = 0, **changes: Any) -> dict[str, Any]:
@@ -41,7 +41,10 @@ def applicant(number: int = 0, **changes: Any) -> dict[str, Any]:
 
 class Station:
     def __init__(self, env: dict, root: Path, ctx, *, policy: dict | None = None, camera: bool = False,
-                 sensor: bool = True, controller: dict | None = None):
+                 sensor: bool = True, controller: dict | None = None, printer: str | None = None,
+                 printer_args: tuple[str, ...] = ()):
+        """``printer``: the printer emulator's fault spec ("" for none) to issue cards, with
+        ``printer_args`` for its command line (``--print-s 3``); None: no printer."""
         self.env, self.root, self.ctx = env, root, ctx
         self.paths = Paths.resolve()
         self.procs: dict[str, subprocess.Popen] = {}
@@ -58,8 +61,22 @@ class Station:
             (etc / "camera@cam0.yaml").write_text(yaml.safe_dump({"source": {"kind": "emulated"}}))
         (etc / "enrollment.yaml").write_text(yaml.safe_dump(
             policy if policy is not None else {"finger_positions": [1, 2], "portrait_required": False}))
+        drivers: dict[str, Any] = {"camera": ["cam0"], "fingerprint": ["fp0"]}
+        self.printer_control = self.paths.run / "printer.ctl"
+        self.cards = root / "cards"
+        if printer is not None:
+            link = root / "printer0.tty"
+            emulator = subprocess.Popen(
+                [str(BIN / "stationctl"), "emulate", "printer", "--link", str(link), "--control",
+                 str(self.printer_control), "--out", str(self.cards), "--faults", printer, *printer_args],
+                env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+            self.procs["printer-emulator"] = emulator
+            assert emulator.stdout.readline().strip()
+            (etc / "printer@printer0.yaml").write_text(yaml.safe_dump({"port": str(link)}))
+            drivers["printer"] = ["printer0"]
+            controller = {"printing": {"instant_issuance": True}, **(controller or {})}
         (etc / "controller.yaml").write_text(yaml.safe_dump(
-            {"drivers": {"camera": ["cam0"], "fingerprint": ["fp0"]}, "offline_after_s": 2.0, **(controller or {})}))
+            {"drivers": drivers, "offline_after_s": 2.0, **(controller or {})}))
 
     def start(self, name: str) -> subprocess.Popen:
         argv = PROGRAMS[name]
@@ -99,6 +116,10 @@ class Station:
 
     def place(self, seed: int, position: int, quality: str = "good") -> None:
         assert send_command(self.control, f"finger {seed} {position} quality={quality}").startswith("ok")
+
+    def printer(self, command: str) -> str:
+        """A command to the printer emulator's control channel (cover, feeder, ribbon, status)."""
+        return send_command(self.printer_control, command)
 
     def stop(self) -> None:
         for proc in self.procs.values():

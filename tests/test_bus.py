@@ -127,7 +127,7 @@ def test_malformed_messages_never_crash_a_subscriber(pair, ctx, rundir, caplog):
 def test_image_payload_round_trip_and_geometry_check():
     image = np.zeros((1080, 1920, 3), np.uint8)
     header = make_header("cam0", "b", 1, image_fields(image, "bgr8"))
-    msg = decode(encode("camera.cam0.frame", header, [image.data]))
+    msg = decode(encode("camera.cam0.frame", header, {"image": image.data}))
     assert (msg.get("width"), msg.get("height"), msg.get("step")) == (1920, 1080, 5760)
 
 
@@ -216,7 +216,7 @@ def serve_while(srv, fn):
 def test_command_reply_error_deadline(ctx, rundir, server):
     srv, kept = server
     client = CommandClient(ctx, f"ipc://{rundir}/d.cmd", name="d")
-    r = serve_while(srv, lambda: client.call("echo", {"a": 1}, payloads=[b"x" * 100000]))
+    r = serve_while(srv, lambda: client.call("echo", {"a": 1}, payloads={"blob": b"x" * 100000}))
     assert r["value"].result == {"args": {"a": 1}, "n": 1}
 
     r = serve_while(srv, lambda: client.call("fail"))

@@ -54,6 +54,25 @@ def test_demo_enrolls_every_applicant_and_loses_nothing(demo):
 
 
 @pytest.mark.timeout(300)
+def test_every_applicants_card_is_printed_and_carries_their_data(demo):
+    import cv2
+
+    workdir, out, summary = demo
+    assert summary["cards"] == 3 and "3 card(s) printed" in out.stdout
+    for result in summary["results"]:
+        card = Path(result["card"])
+        assert card == workdir / "cards" / result["record"]
+        front, back = cv2.imread(str(card / "front.png")), cv2.imread(str(card / "back.png"))
+        assert front.shape == back.shape == (648, 1016, 3)
+        assert {p.name for p in card.glob("front-*.png")} == {f"front-{c}.png" for c in "ymcko"}
+        text, _, _ = cv2.QRCodeDetector().detectAndDecode(front)
+        assert text.count("|") == 6 and text.split("|")[0].startswith("031")  # a Hải Phòng id number
+    numbers = {cv2.QRCodeDetector().detectAndDecode(cv2.imread(str(Path(r["card"]) / "front.png")))[0].split("|")[0]
+               for r in summary["results"]}
+    assert len(numbers) == 3  # each applicant's own card
+
+
+@pytest.mark.timeout(300)
 def test_every_record_is_exported_as_a_standard_transaction(demo):
     _workdir, _out, summary = demo
     assert len(summary["exports"]) == 3

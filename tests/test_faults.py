@@ -8,7 +8,7 @@ import time
 import nistitl
 import pytest
 
-from drivers.fingerprint.emulator_control import send_command
+from drivers.emulation import send_command
 from station import keyring, record, sealing
 from station.bus import Subscriber
 from station.errors import CommandError, StationError
@@ -231,7 +231,7 @@ def test_random_sigkills_during_fifty_enrollments_lose_nothing_reported_done(mak
 def test_an_aborted_capture_stops_the_scanner_and_the_session_goes_on(make_station, ctx):
     """The applicant stepped away mid-capture: the officer aborts, the scanner stops waiting
     (rather than capturing whatever comes later), and the next capture works."""
-    from drivers.fingerprint.emulator_control import send_command
+    from drivers.emulation import send_command
 
     station = make_station()
     station.start("fp0")

@@ -77,24 +77,25 @@ json_values = st.recursive(json_scalars, lambda children: st.lists(children, max
 wrong_types = st.one_of(st.lists(json_scalars, max_size=3),
                         st.dictionaries(st.text(max_size=6), json_scalars, max_size=3), json_scalars)
 topics = st.from_regex(r"[a-z]{1,8}\.[a-z0-9_-]{1,8}\.[a-z.]{1,12}", fullmatch=True)
-HEADER_KEYS = ("v", "src", "boot", "seq", "t_pub_ns")
+HEADER_KEYS = ("v", "src", "boot", "seq", "t_pub_ns", "payloads")
 IMAGE_KEYS = ("encoding", "width", "height", "step", "t_acq_ns")  # encoding first: it gates the others
 ENVELOPE_KEYS = HEADER_KEYS + IMAGE_KEYS
 
 
 @st.composite
-def valid_messages(draw) -> tuple[str, dict, list[bytes]]:
-    """A message a publisher could send: random fields, sometimes a raw image that matches."""
+def valid_messages(draw) -> tuple[str, dict, dict[str, bytes]]:
+    """A message a publisher could send: random fields, named payloads, sometimes a raw
+    image that matches."""
     fields = draw(st.dictionaries(st.text(max_size=10).filter(lambda k: k not in ENVELOPE_KEYS), json_values,
                                   max_size=5))
-    payloads = draw(st.lists(st.binary(max_size=64), max_size=3))
+    payloads = {f"part{i}": part for i, part in enumerate(draw(st.lists(st.binary(max_size=64), max_size=3)))}
     if draw(st.booleans()):
         encoding = draw(st.sampled_from(["gray8", "bgr8", "jpeg", "png"]))
         width, height = draw(st.integers(1, 16)), draw(st.integers(1, 16))
         step = width * RAW_ENCODINGS.get(encoding, 1) + draw(st.integers(0, 3))
         image = bytes(step * height) if encoding in ("gray8", "bgr8") else draw(st.binary(min_size=1, max_size=64))
         fields.update(encoding=encoding, width=width, height=height, step=step)
-        payloads = [image, *payloads]
+        payloads = {"image": image, **payloads}
     header = make_header(draw(st.text(min_size=1, max_size=12)), draw(st.text(min_size=1, max_size=16)),
                          draw(st.integers(0, 2**63 - 1)), fields,
                          draw(st.none() | st.integers(0, 2**63 - 1)))
@@ -155,7 +156,8 @@ def test_decode_returns_a_message_or_raises_malformed(frames):
 def test_every_valid_message_round_trips(message):
     topic, header, payloads = message
     decoded = decode(encode(topic, header, payloads))
-    assert (decoded.topic, decoded.header, decoded.payloads) == (topic, header, payloads)
+    assert (decoded.topic, decoded.header, decoded.payloads) == (topic, header, list(payloads.values()))
+    assert all(decoded.payload(name) == part for name, part in payloads.items())
     assert (decoded.src, decoded.seq, decoded.boot) == (header["src"], header["seq"], header["boot"])
 
 
@@ -427,7 +429,7 @@ def test_a_header_field_of_an_unhashable_type_is_malformed_not_a_crash():
     for encoding in ([], {}, ["jpeg"]):
         header = make_header("cam0", "b00t", 1, {"encoding": encoding, "width": 2, "height": 2})
         with pytest.raises(MalformedMessage):
-            decode(encode("camera.cam0.preview", header, [b"\x00" * 4]))
+            decode(encode("camera.cam0.preview", header, {"image": b"\x00" * 4}))
 
 
 # == the daemons over their command sockets ================================================

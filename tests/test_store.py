@@ -10,6 +10,7 @@ import textwrap
 
 import pytest
 
+from station.errors import StationError
 from station.keyring import CaptureCipher
 from station.store import SCHEMA_VERSION, RecordStore, StoreError
 
@@ -211,3 +212,107 @@ def test_a_full_disk_fails_the_commit_cleanly_and_keeps_earlier_records(tmp_path
     committed = int(out.stdout.split("COMMITTED")[1].split()[0])
     assert 5 <= committed < 20  # 2 MiB holds a handful of 100 kB records, then it is full
     assert f"JOURNAL {committed}" in out.stdout  # no journal entry for the record that failed
+
+
+# -- the print queue (schema 4) ------------------------------------------------------------
+def print_job(state="queued", job_id="j1", record_id="r1", attempt=1):
+    return {"job_id": job_id, "record_id": record_id, "state": state, "attempt": attempt, "max_attempts": 3,
+            "paused": None, "reason": "", "spoiled": [], "created_ns": 1, "updated_ns": 2, "reject_first": False}
+
+
+def card_data(name="Nguyễn Thị Hương"):
+    header = json.dumps({"full_name": name, "id_number": "001234567890"}, ensure_ascii=False).encode()
+    return b"CCCD-CARD/1\n" + header + b"\x89PNG\r\n\x1a\n" + secrets.token_bytes(30_000)
+
+
+def test_a_print_jobs_card_is_encrypted_at_rest_bound_to_its_job_and_survives_reopening(tmp_path):
+    store = store_at(tmp_path / "store")
+    card = card_data()
+    with store.transaction() as tx:
+        tx.save_print_job(print_job("queued"), card)
+        tx.save_print_job(print_job("queued", job_id="j2", record_id="r2"), b"another card")
+    with store.transaction() as tx:
+        tx.save_print_job({**print_job("encoding"), "updated_ns": 3})  # no card: the stored one stays
+    assert store.print_card("j1") == card and store.print_job("j1")["state"] == "encoding"
+    store.close()
+    raw = b"".join(p.read_bytes() for p in (tmp_path / "store").rglob("*") if p.is_file())
+    assert "Nguyễn".encode() not in raw and b"001234567890" not in raw and card[-64:] not in raw
+    assert b"another card" not in raw
+    again = store_at(tmp_path / "store")
+    assert again.print_card("j1") == card and again.print_card("j2") == b"another card"
+    assert [j["job_id"] for j in again.print_jobs()] == ["j1", "j2"]  # the order first saved: the queue's
+    assert [j["job_id"] for j in again.print_jobs(["queued"])] == ["j2"] and again.print_jobs(("done",)) == []
+    assert again.print_job("j1") == {**print_job("encoding"), "updated_ns": 3} and again.print_job("nope") is None
+    # a card moved to another job's row does not decrypt: the AAD names the job
+    again.db.execute("UPDATE print_jobs SET card=(SELECT card FROM print_jobs WHERE job_id='j1') WHERE job_id='j2'")
+    with pytest.raises(StationError, match="corrupt") as moved:
+        again.print_card("j2")
+    assert moved.value.code == "capture_corrupt"
+    again.close()
+    with pytest.raises(StationError):
+        RecordStore(tmp_path / "store", cipher=CaptureCipher(bytes(32))).print_card("j1")
+
+
+def test_a_rejected_print_job_keeps_its_card_for_the_operators_retry(tmp_path):
+    store = store_at(tmp_path / "store")
+    card = card_data()
+    with store.transaction() as tx:
+        tx.save_print_job(print_job("printing"), card)
+    with store.transaction() as tx:
+        tx.save_print_job(print_job("rejected"))
+    assert store.print_card("j1") == card
+    store.close()
+
+
+@pytest.mark.parametrize("ending", ["done", "cancelled"])
+def test_a_print_job_that_ends_destroys_its_card(tmp_path, ending):
+    store = store_at(tmp_path / "store")
+    card = card_data()
+    with store.transaction() as tx:
+        tx.save_print_job(print_job("printing"), card)
+    sealed = store.db.execute("SELECT card FROM print_jobs WHERE job_id='j1'").fetchone()[0]
+    store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the encrypted card in the database file itself
+    assert sealed[1000:1064] in (tmp_path / "store" / "store.db").read_bytes()
+    with store.transaction() as tx:
+        tx.save_print_job(print_job(ending), card)  # even passed again, an ended job keeps no card
+    assert store.db.execute("SELECT card FROM print_jobs WHERE job_id='j1'").fetchone()[0] is None
+    with pytest.raises(StoreError, match=f"print job j1 \\({ending}\\) holds no card data") as gone:
+        store.print_card("j1")
+    assert gone.value.code == "not_found" and store.print_job("j1")["state"] == ending
+    with pytest.raises(StoreError, match="no print job nope in the store") as absent:
+        store.print_card("nope")
+    assert absent.value.code == "not_found"
+    store.close()
+    raw = b"".join(p.read_bytes() for p in (tmp_path / "store").rglob("*") if p.is_file())
+    assert sealed[1000:1064] not in raw and sealed[-64:] not in raw  # secure_delete zeroed its pages
+    again = store_at(tmp_path / "store")
+    with pytest.raises(StoreError, match="holds no card data"):
+        again.print_card("j1")
+    # a retried job prints only once the controller hands the card data in again
+    with again.transaction() as tx:
+        tx.save_print_job(print_job("queued"))
+    with pytest.raises(StoreError, match="print job j1 \\(queued\\) holds no card data"):
+        again.print_card("j1")
+    with again.transaction() as tx:
+        tx.save_print_job(print_job("queued"), card)
+    assert again.print_card("j1") == card
+
+
+def test_a_schema_3_store_migrates_to_4_with_an_empty_print_queue(tmp_path):
+    root = tmp_path / "store"
+    store = store_at(root)
+    commit(store, "r1")
+    store.close()
+    db = sqlite3.connect(root / "store.db")  # as the previous release left it
+    db.executescript("DROP INDEX print_jobs_state; DROP TABLE print_jobs; PRAGMA user_version=3;")
+    db.close()
+    store = store_at(root)
+    assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+    assert store.record_ids() == ["r1"] and store.verify("r1") == [] and store.print_jobs() == []
+    with store.transaction() as tx:
+        tx.save_print_job(print_job("queued"), b"card")
+    assert store.print_card("j1") == b"card"
+    store.close()
+    reader = RecordStore.reader(root)
+    assert [j["job_id"] for j in reader.print_jobs()] == ["j1"]
+    reader.close()

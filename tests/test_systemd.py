@@ -29,6 +29,7 @@ SCRIPTS_DIR = Path(sys.executable).parent
 SERVICES = {
     "station-camerad@.service": ("station-camerad@cam0.service", 1.5),
     "station-fingerprintd@.service": ("station-fingerprintd@fp0.service", 1.5),
+    "station-printerd@.service": ("station-printerd@printer0.service", 1.5),
     "station-controller.service": ("station-controller.service", 1.0),
     "station-uplink.service": ("station-uplink.service", 1.5),
     "station-collector.service": ("station-collector.service", 1.5),

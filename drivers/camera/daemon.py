@@ -9,17 +9,16 @@ captures go on the event stream ``<name>.pub``.
 Every source's read returns within about a second even when the camera hangs (V4L2 select
 timeout, the stream source's poll), so reading in the main loop delays a command by at
 most that, and only while the camera is failing; a grab thread would buy nothing more.
-A read that fails reports ``offline`` at once and reopens with backoff (``BACKOFF_S``).
+A read that fails reports ``offline`` at once and reopens with back-off (``DeviceDaemon``).
 
-Commands: ``capture {mode: icao|exception, timeout_s}`` -> token portrait (record JPEG and
-chip encoding as payloads) and its quality report, once every check held for N frames, or
+Commands: ``capture {mode: icao|exception, timeout_s}`` -> token portrait (payloads
+``portrait.jpg``, the record JPEG, and ``portrait-chip.jp2``, the chip encoding) and its quality report, once every check held for N frames, or
 the best frame flagged ``forced`` at the timeout; ``frame`` -> the next full-resolution
 bgr8 frame; ``state``/``ping`` from the runtime.
 """
 from __future__ import annotations
 
 import ctypes
-import time
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -30,14 +29,13 @@ from drivers.camera.detector import make_detector
 from drivers.camera.quality import FaceAnalyzer
 from drivers.camera.source import FrameSource, make_source
 from drivers.camera.portrait import token_portrait
+from drivers.device_daemon import DeviceDaemon, Outcome
 from station.bus import Request
-from station.daemon import Daemon, main_for
+from station.daemon import main_for
 from station.envelope import image_fields
 from station.errors import DeviceError, StationError
-from station.logs import Flapping
 from station.paths import Paths
 
-BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 5.0)
 # Source settings a running camera takes without being reopened; any other change of the
 # source section (device, path, kind, format) reopens it.
 LIVE_SOURCE_KEYS = ("exposure", "gain", "white_balance", "scene")
@@ -50,20 +48,16 @@ class PendingCapture:
     auto: AutoCapture
 
 
-class CameraDaemon(Daemon):
+class CameraDaemon(DeviceDaemon):
     kind = "camera"
+    open_in_worker = False  # opening a V4L2 device or a stream is quick, and frames are read here
 
     def __init__(self, name: str, paths: Paths, overrides: Sequence[str] = ()):
         super().__init__(name, paths, overrides)
         self.frames = self.add_publisher(paths.frames(name), hwm=self.config["publish"]["frame_hwm"],
                                          heartbeat_event="frames.heartbeat", watch_subscribers=True)
         self.analyzer = self._analyzer(self.config)
-        self.source: FrameSource | None = None
-        self.reopen = Flapping(self.log)
-        self._next_open = 0.0
-        self._attempt = 0
         self._next_preview = 0.0
-        self.opens = 0
         self.pending: PendingCapture | None = None
         self.frame_requests: list[Request] = []
         self.frames_read = 0
@@ -79,50 +73,30 @@ class CameraDaemon(Daemon):
         detector = make_detector(config["detector"], stream_window=config["capture"]["consecutive_frames"])
         return FaceAnalyzer(config["quality"], detector)
 
-    # -- device lifecycle -------------------------------------------------------------------
-    def setup(self) -> None:
-        self._open()  # publishes ready, or offline with the reason
+    @property
+    def source(self) -> FrameSource | None:
+        return self.device
 
-    def _describe(self) -> str:
+    # -- the device -------------------------------------------------------------------------
+    def describe(self) -> str:
         source = self.config["source"]
         where = source.get("path") if source["kind"] in ("video", "folder") else source.get("device")
         return f"{source['kind']} camera {where or ''}".strip()
 
-    def _open(self) -> None:
+    def open_device(self) -> FrameSource:
+        source = make_source(self.config["source"])
+        source.open()
         try:
-            source = make_source(self.config["source"])
-            source.open()
             self.accepted = source.apply({k: self.config["source"][k] for k in LIVE_SOURCE_KEYS
                                           if k in self.config["source"]})
-        except DeviceError as exc:
-            delay = BACKOFF_S[min(self._attempt, len(BACKOFF_S) - 1)]
-            self._attempt += 1
-            self._next_open = time.monotonic() + delay
-            self.reopen.failed(f"{self._describe()} not available: {exc.message}")
-            self.set_state("offline", exc.message)
-            return
-        self.source = source
-        self.opens += 1
-        self._attempt = 0
-        self.reopen.recovered(f"{self._describe()} opened")
-        self.set_state("ready", self._describe())
+        except DeviceError:
+            source.close()
+            raise
+        return source
 
-    def _lost(self, error: DeviceError) -> None:
-        """The camera stopped giving frames: say so now, then reopen with backoff."""
-        if self.source is not None:
-            self.source.close()
-            self.source = None
-        self._attempt = 0
-        self._next_open = time.monotonic() + BACKOFF_S[0]
-        self.reopen.failed(f"{self._describe()} lost: {error.message}")
-        if self.pending is not None:
-            self.pending.request.fail(DeviceError(f"camera {self.name} went offline during the capture: "
-                                                  f"{error.message}"))
-            self.pending = None
-        for request in self.frame_requests:
-            request.fail(DeviceError(f"camera {self.name} went offline: {error.message}"))
+    def device_lost(self, error: StationError) -> None:
+        self.pending = None  # failed with every other waiting request
         self.frame_requests.clear()
-        self.set_state("offline", error.message)
 
     def heartbeat_s(self) -> float:
         return float(self.config["publish"]["heartbeat_s"])
@@ -139,25 +113,17 @@ class CameraDaemon(Daemon):
             self.accepted = self.source.apply({k: new["source"][k] for k in LIVE_SOURCE_KEYS})
             self.log.info("camera settings applied live; device accepted %s", self.accepted)
         elif self.source is not None:
-            self.log.info("camera source changed: reopening %s", self._describe())
-            self.source.close()
-            self.source = None
-            self._next_open = 0.0
-            self.set_state("offline", f"reopening {self._describe()}")
+            self.reopen("camera source changed")
 
     def status_fields(self) -> dict[str, Any]:
-        return {"source": self._describe(), "accepted": self.accepted, "frames_read": self.frames_read,
-                "frames_analysed": self.frames_analysed, "opens": self.opens}
-
-    def shutdown(self) -> None:
-        if self.source is not None:
-            self.source.close()
+        return {**super().status_fields(), "source": self.describe(), "accepted": self.accepted,
+                "frames_read": self.frames_read, "frames_analysed": self.frames_analysed,
+                "opens": self.supervisor.opens}
 
     # -- the frame loop ---------------------------------------------------------------------
     def tick(self, now: float) -> None:
         if self.source is None:
-            if now >= self._next_open:
-                self._open()
+            self.supervise(now)
             return
         # Between captures a frame is analysed only at the preview rate and only while
         # someone watches the preview; one nobody needs is taken off the camera undecoded.
@@ -168,7 +134,7 @@ class CameraDaemon(Daemon):
         try:
             frame = self.source.read(decode=needed)
         except DeviceError as exc:
-            self._lost(exc)
+            self.lose(exc)
             return
         self.frames_read += 1
         if not needed:
@@ -177,7 +143,7 @@ class CameraDaemon(Daemon):
             self._reply_frame(frame)
         if full_frames:
             self.frames.publish("frame", {**image_fields(frame.image, "bgr8"), "index": frame.index},
-                                [frame.image], t_acq_ns=frame.t_acq_ns)
+                                {"image": frame.image}, t_acq_ns=frame.t_acq_ns)
         if self.pending is None and not preview_due:
             return
         report = self.analyzer.analyze(frame.image)
@@ -208,80 +174,74 @@ class CameraDaemon(Daemon):
             return
         self.frames.publish("preview", {"width": small.shape[1], "height": small.shape[0], "encoding": "jpeg",
                                         "index": frame.index, "quality": report.to_dict()},
-                            [jpeg.tobytes()], t_acq_ns=frame.t_acq_ns)
+                            {"jpeg": jpeg.tobytes()}, t_acq_ns=frame.t_acq_ns)
 
     # -- commands ---------------------------------------------------------------------------
     def _cmd_capture(self, request: Request) -> None:
-        if self.source is None:
-            raise DeviceError(f"camera {self.name} is offline ({self.detail})")
+        self.require_device()
         if self.pending is not None and not self.pending.request.done:
             raise StationError(f"camera {self.name} is already capturing", code="busy", retryable=True)
         mode = request.args.get("mode", "icao")
-        if mode not in ("icao", "exception"):
-            raise StationError(f"capture mode must be 'icao' or 'exception', not {mode!r}", code="bad_request")
         timeout = float(request.args.get("timeout_s", self.config["capture"]["timeout_s"]))
         timeout = min(timeout, max(request.remaining_s - 1.0, 0.5))
         capture = self.config["capture"]
         self.pending = PendingCapture(request, AutoCapture(capture["consecutive_frames"], timeout, mode=mode,
                                                            exception_ignores=capture["exception_ignores"]))
-        self.set_state("busy", f"capturing ({mode})")
-        return None
+        self.begin(request, f"capturing ({mode})")
 
     def _cmd_cancel(self, request: Request) -> dict:
         """Stop a capture in progress (the officer aborted it, or its caller gave up)."""
         pending, self.pending = self.pending, None
         if pending is None or pending.request.done:
             return {"cancelled": False}
-        pending.request.fail(StationError("capture cancelled", code="cancelled", retryable=True))
-        self.set_state("ready", self._describe())
+        self.fail(pending.request, StationError("capture cancelled", code="cancelled", retryable=True))
         return {"cancelled": True}
 
     def _feed_capture(self, frame: Any, report: Any, now: float) -> None:
         pending = self.pending
         if pending.request.done:  # expired at its deadline
             self.pending = None
-            self.set_state("ready", self._describe())
+            self.fail(pending.request, StationError("capture expired", code="deadline_exceeded"))
             return
         decision = pending.auto.feed(frame, report, now)
         if not decision.done:
             return
         self.pending = None
-        self.set_state("ready", self._describe())
+        self.complete(pending.request, lambda: self._portrait(decision, pending.auto.mode))
+
+    def _portrait(self, decision: Any, mode: str) -> Outcome:
+        """The capture's answer: the token portrait of the chosen frame, or why there is none."""
         if decision.frame is None:
-            pending.request.fail(StationError(f"no face seen within the capture time: {decision.report.hint}",
-                                              code="no_face", retryable=True))
-            return
+            raise StationError(f"no face seen within the capture time: {decision.report.hint}",
+                               code="no_face", retryable=True)
         chosen = decision.report
         if chosen.face is None:
-            pending.request.fail(StationError(f"no face in the best frame: {chosen.hint}", code="no_face",
-                                              retryable=True))
-            return
+            raise StationError(f"no face in the best frame: {chosen.hint}", code="no_face", retryable=True)
         # An exception photo (eyes closed, covered) may lack located eyes: the detector's
         # estimate from the face box still places the token crop sensibly.
         eyes = chosen.eyes or chosen.face.eyes_or_estimate()
         token = token_portrait(decision.frame.image, eyes, self.config["token"])
         result = {
             "passed": chosen.passed, "score": chosen.score, "hint": chosen.hint, "forced": decision.forced,
-            "mode": pending.auto.mode, "streak": decision.streak, "elapsed_s": round(decision.elapsed_s, 3),
+            "mode": mode, "streak": decision.streak, "elapsed_s": round(decision.elapsed_s, 3),
             "quality": chosen.to_dict(), "token": token.geometry(),
-            "images": ["portrait.jpg", f"portrait-chip.{FILE_SUFFIX[token.chip_format]}"],
         }
         self.events.publish("capture", {k: result[k] for k in ("passed", "score", "forced", "mode")},
                             t_acq_ns=decision.frame.t_acq_ns)
-        pending.request.reply(result, [token.record_jpeg, token.chip_image])
+        return result, {"portrait.jpg": token.record_jpeg,
+                        f"portrait-chip.{FILE_SUFFIX[token.chip_format]}": token.chip_image}
 
     def _cmd_frame(self, request: Request) -> None:
         """Answered with the next frame read, so the picture is never older than the request."""
-        if self.source is None:
-            raise DeviceError(f"camera {self.name} is offline ({self.detail})")
+        self.require_device()
         self.frame_requests.append(request)
-        return None
+        self.begin(request, "")
 
     def _reply_frame(self, frame: Any) -> None:
         fields = {**image_fields(frame.image, "bgr8"), "index": frame.index, "t_acq_ns": frame.t_acq_ns}
-        for request in self.frame_requests:
-            request.reply(fields, [frame.image])
-        self.frame_requests.clear()
+        requests, self.frame_requests = self.frame_requests, []
+        for request in requests:
+            self.complete(request, lambda: (fields, {"image": frame.image}))
 
 
 def keep_frame_memory() -> bool:

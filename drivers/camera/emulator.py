@@ -13,9 +13,9 @@ SIGTERM or SIGINT and exits 0.
 Faults and scene changes at run time, for tests and the field engineer's bench:
 
 - ``SIGUSR1`` toggles unplug / replug (``kill -USR1 PID`` from a shell);
-- ``--control PATH`` binds a Unix datagram socket, as the fingerprint emulator's does; each
-  datagram is one command, answered (when the sender bound an address, as
-  ``send_command()`` does) with ``ok <state>`` or ``error <why>; usage: ...``:
+- ``--control PATH`` binds the toolkit's control channel (``drivers/emulation.py``, as the
+  other emulators do); each datagram is one command, answered (when the sender bound an
+  address, as ``send_command()`` does) with ``ok <state>`` or ``error <why>; usage: ...``:
 
       unplug [S]      close the stream and remove the FIFO: the device node disappears;
                       with S seconds, plug back in after that long
@@ -33,10 +33,8 @@ import errno
 import json
 import logging
 import os
-import secrets
 import select
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -49,13 +47,12 @@ import cv2
 import yaml
 
 from drivers.camera.scene import Scene
+from drivers.emulation import POLL_S, WRITE_STALL_S, ControlChannel, seconds, words, write_all
 from drivers.camera.source import EmulatedSource
 from station.errors import ConfigError
 
 log = logging.getLogger("camera.emulator")
 
-_POLL_S = 0.05          # longest the loop waits before looking at signals and the control socket
-_WRITE_STALL_S = 2.0    # a reader that takes nothing for this long has hung; drop it
 
 UNPLUGGED, WAITING, STREAMING, STALLED = "unplugged", "waiting", "streaming", "stalled"
 USAGE = "unplug [seconds] | replug | stall | resume | scene KEY=VALUE... | fps N | status"
@@ -97,7 +94,7 @@ class CameraEmulator:
         self._toggle = False
         self._replug_at: float | None = None
         self.control_path = Path(control) if control else None
-        self._control: socket.socket | None = None
+        self._control: ControlChannel | None = None
         self._encoded: OrderedDict[tuple, bytes] = OrderedDict()  # (scene, noise phase) -> JPEG
 
     # -- plug state -------------------------------------------------------------------------
@@ -156,13 +153,7 @@ class CameraEmulator:
         self.source.open()
         self.source.read()      # the first render builds the scene: do it before anyone waits
         if self.control_path is not None:
-            self._control = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-            try:
-                self.control_path.unlink()
-            except FileNotFoundError:
-                pass
-            self._control.bind(str(self.control_path))
-            self._control.setblocking(False)
+            self._control = ControlChannel(self.control_path, self.command, USAGE, "camera-emulator")
         self.plug()
         return str(self.path)
 
@@ -180,17 +171,13 @@ class CameraEmulator:
             elif self.state == STREAMING:
                 self._send_frame()
             else:
-                self._wait(_POLL_S)
+                self._wait(POLL_S)
 
     def close(self) -> None:
         self.unplug()
         if self._control is not None:
-            self._control.close()
+            self._control.stop()
             self._control = None
-            try:
-                self.control_path.unlink()
-            except FileNotFoundError:
-                pass
 
     def _service(self) -> None:
         """Signals and control commands, between frames (and while a write waits)."""
@@ -199,30 +186,15 @@ class CameraEmulator:
             self.plug() if self.state == UNPLUGGED else self.unplug()
         if self._replug_at is not None and time.monotonic() >= self._replug_at:
             self.plug()
-        while self._control is not None:
-            try:
-                data, sender = self._control.recvfrom(4096)
-            except BlockingIOError:
-                return
-            reply = self.command(data.decode("utf-8", "replace"))
-            if sender:
-                try:
-                    self._control.sendto(reply.encode(), sender)
-                except OSError as exc:
-                    log.debug("control reply to %r lost: %s", sender, exc)
+        if self._control is not None:
+            self._control.service()
 
     def command(self, line: str) -> str:
-        """Run one control command; the reply is ``ok ...`` or ``error ...``, never silence."""
-        words = line.split()
-        if not words:
-            return f"error empty command; usage: {USAGE}"
-        name, args = words[0].lower(), words[1:]
+        """Run one control command (``USAGE``); returns the new state, raises ValueError saying why not."""
+        name, args = words(line)
         try:
             if name == "unplug" and len(args) <= 1:
-                seconds = float(args[0]) if args else None
-                if seconds is not None and not 0 <= seconds < 86400:
-                    raise ValueError(f"seconds must be within 0..86400, not {args[0]}")
-                self.unplug(seconds)
+                self.unplug(seconds(args[0]) if args else None)
             elif name == "replug":
                 self.plug()
             elif name == "stall":
@@ -230,18 +202,16 @@ class CameraEmulator:
             elif name == "resume":
                 self.resume()
             elif name == "scene":
-                return "ok " + json.dumps(self.set_scene(parse_assignments(args)))
+                return json.dumps(self.set_scene(parse_assignments(args)))
             elif name == "fps" and len(args) == 1:
                 self.set_fps(float(args[0]))
             elif name == "status":
-                return "ok " + json.dumps(self.status())
+                return json.dumps(self.status())
             else:
-                return f"error unknown command {line.strip()!r}; usage: {USAGE}"
+                raise ValueError("not a command")
         except ConfigError as exc:
-            return "error " + "; ".join(exc.problems)
-        except ValueError as exc:
-            return f"error {exc}; usage: {USAGE}"
-        return f"ok {self.state}"
+            raise ValueError("; ".join(exc.problems)) from None
+        return self.state
 
     def _wait(self, timeout_s: float, writable: int | None = None) -> bool:
         """Sleep up to ``timeout_s``, waking for a control datagram; True if ``writable`` is."""
@@ -259,7 +229,7 @@ class CameraEmulator:
         except OSError as exc:
             if exc.errno not in (errno.ENXIO, errno.ENOENT):   # ENXIO: nobody reads yet
                 log.warning("%s: cannot open for writing: %s", self.path, exc.strerror)
-            self._wait(_POLL_S)
+            self._wait(POLL_S)
             return
         self.stats.readers += 1
         self.state = STREAMING
@@ -274,7 +244,7 @@ class CameraEmulator:
     def _send_frame(self) -> None:
         now = time.monotonic()
         if self.fps > 0 and now < self._next_due:
-            self._wait(min(self._next_due - now, _POLL_S))
+            self._wait(min(self._next_due - now, POLL_S))
             return
         period = 1.0 / self.fps if self.fps > 0 else 0.0
         # A late frame moves the schedule on instead of bursting to catch up, as a sensor does.
@@ -302,52 +272,28 @@ class CameraEmulator:
 
     def _write(self, view: memoryview) -> bool:
         """Write one whole image; False if the reader went away or a command intervened."""
-        stalled_since = None
-        while view:
-            try:
-                written = os.write(self._fd, view)
-            except BlockingIOError:
-                written = 0
-            except BrokenPipeError:
-                self._reader_lost("reader went away")
-                return False
-            if written:
-                view = view[written:]
-                self.stats.bytes_sent += written
-                stalled_since = None
-                continue
-            now = time.monotonic()
-            stalled_since = stalled_since or now
-            if now - stalled_since > _WRITE_STALL_S:
-                self._reader_lost(f"reader took nothing for {_WRITE_STALL_S:g} s")
-                return False
-            self._wait(_POLL_S, writable=self._fd)
+        def between_writes(fd: int) -> bool:
+            self._wait(POLL_S, writable=fd)
             self._service()
-            if self._stop or self.state == UNPLUGGED:
-                return False     # cut off mid-frame, as a pulled cable does; a stall waits for the frame
-        return True
+            return not (self._stop or self.state == UNPLUGGED)  # a stall waits for the frame
+
+        try:
+            written = write_all(self._fd, view, between_writes)
+        except BrokenPipeError:
+            self._reader_lost("reader went away")
+            return False
+        self.stats.bytes_sent += written
+        if written == len(view):
+            return True
+        if not (self._stop or self.state == UNPLUGGED):
+            self._reader_lost(f"reader took nothing for {WRITE_STALL_S:g} s")
+        return False     # cut off mid-frame, as a pulled cable does
 
     def _reader_lost(self, why: str) -> None:
         log.info("%s; waiting for the next reader", why)
         self.stats.readers_lost += 1
         self._disconnect()
         self.state = WAITING
-
-
-def send_command(path: str | os.PathLike, line: str, timeout_s: float = 2.0) -> str:
-    """Send one control command to a running emulator and return its reply line."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    try:
-        sock.bind(f"\0camera-emulator-client-{secrets.token_hex(6)}")   # abstract: no file to clean up
-        sock.settimeout(timeout_s)
-        sock.sendto(line.encode(), str(path))
-        try:
-            return sock.recv(65536).decode()
-        except socket.timeout:
-            raise TimeoutError(f"no reply from the camera emulator's control socket {path} within "
-                               f"{timeout_s:g} s") from None
-    finally:
-        sock.close()
 
 
 def main(argv: list[str] | None = None) -> int:

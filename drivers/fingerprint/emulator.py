@@ -24,8 +24,18 @@ e.g. ``noise=0.01,drop=0.001,badsum=0.02,slow=0.5,nofinger=2.0,unplug=30``. At r
 same faults are set with ``set_faults()``, ``no_finger()`` and ``unplug()``.
 
 At run time from outside the process, ``--control PATH`` opens a Unix datagram socket
-taking text commands (``finger <applicant_seed> <position> [quality=good|poor]``,
-``nofinger <seconds>``, ``faults <spec>``, ``unplug <seconds>``); see emulator_control.py.
+(``drivers.emulation.ControlChannel``) taking one text command per datagram:
+
+    finger <applicant_seed> <position> [quality=good|poor]
+                            from now on GenImg images this finger (ANSI/NIST position
+                            1..10); ``poor`` gives dry, light, partial placements that
+                            NFIQ 2 scores under 40
+    nofinger <seconds>      GenImg answers "no finger" for that long (finger lifted)
+    faults <spec>           replace the line faults (``faults none`` clears them)
+    unplug <seconds>        close the pty now, plug a fresh one in after that long
+
+The pty, pacing, unplugging and the control channel are the toolkit's
+(``drivers/emulation.py``); this module is the sensor.
 
 Unsupported or malformed commands get an ack with a confirmation code (0xFC unsupported
 command, 0x01 packet receive error), as a sensor would, never silence.
@@ -33,35 +43,28 @@ command, 0x01 packet receive error), as a sensor would, never silence.
 from __future__ import annotations
 
 import argparse
-import errno
 import hashlib
 import logging
-import os
 import random
-import select
-import signal
 import sys
-import termios
-import threading
 import time
-import tty
 from collections.abc import Callable
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import numpy as np
 
+from drivers.emulation import ControlChannel, FaultSpec, PtyDevice, Unplugged, seconds, wait_for_stop, words
 from drivers.fingerprint import protocol as fp
 from drivers.fingerprint.protocol import Confirmation, Instruction, PacketType
 from station.errors import ProtocolError
 
 log = logging.getLogger("fingerprint.emulator")
 
-_POLL_S = 0.05
-_WRITE_STALL_S = 2.0  # a host that reads nothing for this long has gone; drop the reply
-_CHUNK_BYTES = 64  # pacing granularity, about a UART FIFO's worth
 _INSTRUCTIONS = frozenset(int(i) for i in Instruction)
+USAGE = ("finger <applicant_seed> <position> [quality=good|poor] | nofinger <seconds> | "
+         "faults <spec> | unplug <seconds>")
 
 
 class PrintSource(Protocol):
@@ -74,7 +77,8 @@ class PrintSource(Protocol):
 
 
 @dataclass(frozen=True)
-class Faults:
+class Faults(FaultSpec):
+    probabilities: ClassVar[tuple[str, ...]] = ("noise", "drop", "badsum")
     noise: float = 0.0
     drop: float = 0.0
     badsum: float = 0.0
@@ -84,58 +88,24 @@ class Faults:
     replug: float = 1.0
     seed: int = 0
 
-    @classmethod
-    def parse(cls, spec: str | None) -> "Faults":
-        """Parse ``key=value,...``; raise ValueError naming the bad item and the fix."""
-        faults = cls()
-        if not spec or not spec.strip():
-            return faults
-        known = {f.name for f in fields(cls)}
-        for item in spec.split(","):
-            item = item.strip()
-            if not item:
-                continue
-            key, sep, text = item.partition("=")
-            key = key.strip()
-            if not sep:
-                raise ValueError(f"fault spec item {item!r} must be key=value")
-            if key not in known:
-                raise ValueError(
-                    f"fault spec item {item!r}: unknown fault {key!r}; known: {', '.join(sorted(known))}"
-                )
-            try:
-                value: float | int = int(text) if key == "seed" else float(text)
-            except ValueError:
-                raise ValueError(f"fault spec item {item!r}: {text!r} is not a number") from None
-            if key in ("noise", "drop", "badsum") and not 0.0 <= value <= 1.0:
-                raise ValueError(f"fault spec item {item!r}: a probability must be within 0..1")
-            if key not in ("noise", "drop", "badsum", "seed") and not 0.0 <= value < 86400:
-                raise ValueError(f"fault spec item {item!r}: seconds must be within 0..86400")
-            faults = replace(faults, **{key: value})
-        return faults
-
     @property
     def corrupting(self) -> bool:
         return bool(self.noise or self.drop or self.badsum)
-
-
-class _Unplugged(Exception):
-    """The port went away while a reply was being written."""
 
 
 @dataclass
 class EmulatorStats:
     commands: int = 0
     packets_sent: int = 0
-    bytes_sent: int = 0
     bad_packets_received: int = 0
-    replies_dropped: int = 0
     faults_injected: int = 0
-    unplugs: int = 0
 
 
-class SensorEmulator:
+class SensorEmulator(PtyDevice):
     """The sensor side of a pty. ``start()`` returns the port path and serves in a thread."""
+
+    thread_name = "fingerprint-emulator"
+    description = "sensor emulator"
 
     def __init__(
         self,
@@ -149,14 +119,13 @@ class SensorEmulator:
         packet_size: int = 128,
         library_size: int = 300,
     ):
+        super().__init__(baud=baud, link=link)
         if prints is None:
             from drivers.fingerprint.prints import SyntheticFinger
 
             prints = SyntheticFinger(0, 2)
         self.prints: PrintSource = prints
-        self.pace = baud is not None
         self.faults = faults if isinstance(faults, Faults) else Faults.parse(faults)
-        self.link = Path(link) if link is not None else None
         self.password = password
         self.parameters = fp.SystemParameters(
             library_size=library_size,
@@ -171,75 +140,19 @@ class SensorEmulator:
         self._library: dict[int, bytes] = {}
         self._download: tuple[Instruction, int, fp.DataAssembler] | None = None
         self._dice = random.Random(self.faults.seed)
-        self._lock = threading.Lock()
-        self._stopping = threading.Event()
-        self._unplug_request: float | None = None
         self._no_finger_until = 0.0
-        self._line_clock = 0.0
-        self._master: int | None = None
-        self._slave: int | None = None
-        self._path: str | None = None
-        self._plugged = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._started_at = 0.0
+        self._reader = fp.PacketReader(address=address)
 
     # --- control -------------------------------------------------------------------------
 
-    def start(self) -> str:
-        """Open the pty (and link) and serve; returns the path a host should open."""
-        if self._thread is not None:
-            raise RuntimeError("emulator already started")
-        self._started_at = time.monotonic()
+    def on_start(self) -> None:
         if self.faults.nofinger:
-            self._no_finger_until = self._started_at + self.faults.nofinger
-        self._open_pty()
-        self._thread = threading.Thread(target=self._serve, name="fingerprint-emulator", daemon=True)
-        self._thread.start()
+            self._no_finger_until = time.monotonic() + self.faults.nofinger
         if self.faults.unplug:
-            timer = threading.Timer(self.faults.unplug, self.unplug, args=(self.faults.replug,))
-            timer.daemon = True
-            timer.start()
-        return self.path
+            self.unplug_later(self.faults.unplug, self.faults.replug)
 
-    def stop(self) -> None:
-        self._stopping.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5.0)
-            self._thread = None
-        self._close_pty()
-
-    def __enter__(self) -> "SensorEmulator":
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def path(self) -> str:
-        """The link when there is one (stable across replugs), else the current /dev/pts/N."""
-        if self.link is not None:
-            return str(self.link)
-        if self._path is None:
-            raise RuntimeError("emulator not started")
-        return self._path
-
-    @property
-    def pts(self) -> str | None:
-        return self._path
-
-    @property
-    def plugged(self) -> bool:
-        return self._plugged.is_set()
-
-    def wait_plugged(self, timeout_s: float) -> bool:
-        return self._plugged.wait(timeout_s)
-
-    def unplug(self, seconds: float) -> None:
-        """Close the pty now (the host sees the port vanish) and open a fresh one later."""
-        with self._lock:
-            self._unplug_request = max(0.0, seconds)
-            self._plugged.clear()
+    def line_baud(self) -> int | None:
+        return self.parameters.baud if self.baud is not None else None  # follows SetSysPara
 
     def no_finger(self, seconds: float) -> None:
         """GenImg answers "no finger" for the next ``seconds``."""
@@ -253,91 +166,59 @@ class SensorEmulator:
         """The next GenImg images this finger."""
         self.prints = prints
 
-    # --- pty -----------------------------------------------------------------------------
+    def command(self, line: str) -> str:
+        """One control command (``USAGE``); returns what changed, raises ValueError saying why not."""
+        from drivers.fingerprint.prints import Quality, SyntheticFinger
 
-    def _open_pty(self) -> None:
-        master, slave = os.openpty()
-        tty.setraw(slave, termios.TCSANOW)
-        os.set_blocking(master, False)
-        # Keep our own slave descriptor open: without any opener the master reads EIO, and
-        # the host may open and close the port many times during our lifetime.
-        self._master, self._slave = master, slave
-        self._path = os.ttyname(slave)
-        self._line_clock = time.monotonic()
-        if self.link is not None:
-            tmp = self.link.with_name(self.link.name + ".new")
-            tmp.unlink(missing_ok=True)
-            tmp.symlink_to(self._path)
-            os.replace(tmp, self.link)
-        self._plugged.set()
-        log.info("sensor emulator on %s%s", self._path, f" (link {self.link})" if self.link else "")
-
-    def _close_pty(self) -> None:
-        self._plugged.clear()
-        if self.link is not None and self.link.is_symlink():
-            self.link.unlink(missing_ok=True)
-        for fd in (self._master, self._slave):
-            if fd is not None:
-                try:
-                    os.close(fd)
-                except OSError as exc:
-                    log.debug("closing pty fd %d: %s", fd, exc)
-        self._master = self._slave = None
-
-    def _take_unplug_request(self) -> float | None:
-        with self._lock:
-            request, self._unplug_request = self._unplug_request, None
-            return request
-
-    def _do_unplug(self, seconds: float) -> None:
-        log.info("unplugged %s for %.1f s", self._path, seconds)
-        self.stats.unplugs += 1
-        self._close_pty()
-        self._download = None
-        if self._stopping.wait(seconds):
-            return
-        self._open_pty()
+        verb, args = words(line)
+        if verb == "finger" and len(args) in (2, 3):
+            seed, position = int(args[0]), int(args[1])
+            quality = Quality.GOOD
+            if len(args) == 3:
+                key, _, value = args[2].partition("=")
+                if key != "quality":
+                    raise ValueError(f"unknown option {args[2]!r}")
+                quality = Quality(value)
+            if not 1 <= position <= 10:
+                raise ValueError(f"finger position {position} is not an ANSI/NIST position 1..10")
+            self.place_finger(SyntheticFinger(seed, position, quality))
+            return f"finger applicant {seed} position {position} quality {quality.value}"
+        if verb == "nofinger" and len(args) == 1:
+            wait = seconds(args[0])
+            self.no_finger(wait)
+            return f"no finger for {wait:g} s"
+        if verb == "faults" and args:
+            faults = Faults.parse(" ".join(args))
+            if faults.nofinger or faults.unplug:
+                raise ValueError("nofinger and unplug are commands of their own here")
+            self.set_faults(faults)
+            return f"faults {self.faults}"
+        if verb == "unplug" and len(args) == 1:
+            wait = seconds(args[0])
+            self.unplug(wait)
+            return f"unplugged for {wait:g} s"
+        raise ValueError("not a command")
 
     # --- serving -------------------------------------------------------------------------
 
-    def _serve(self) -> None:
-        reader = fp.PacketReader(address=self.parameters.address)
-        while not self._stopping.is_set():
-            request = self._take_unplug_request()
-            if request is not None:
-                self._do_unplug(request)
-                reader = fp.PacketReader(address=self.parameters.address)
-                continue
-            assert self._master is not None
+    def on_unplug(self) -> None:
+        self._download = None
+        self._reader = fp.PacketReader(address=self.parameters.address)
+
+    def on_bytes(self, data: bytes) -> None:
+        reader = self._reader
+        bad_before = reader.bad_packets
+        for packet in reader.feed(data):
             try:
-                ready, _, _ = select.select([self._master], [], [], _POLL_S)
-                if not ready:
-                    continue
-                data = os.read(self._master, 4096)
-            except BlockingIOError:
-                continue
-            except OSError as exc:
-                if exc.errno == errno.EIO:  # no opener on the slave side (we hold one)
-                    time.sleep(_POLL_S)
-                    continue
-                log.error("emulator port %s failed, serving stopped: %s", self._path, exc)
-                self._plugged.clear()
-                return
-            bad_before = reader.bad_packets
-            for packet in reader.feed(data):
-                try:
-                    self._on_packet(packet)
-                except _Unplugged:
-                    break
-                except Exception:  # a handler bug must not kill the sensor
-                    log.exception("emulator failed handling a packet")
-            if reader.bad_packets > bad_before:
-                self.stats.bad_packets_received += reader.bad_packets - bad_before
-                # A real sensor reports a corrupt command packet as "packet receive error".
-                try:
-                    self._reply(Instruction.GEN_IMG, Confirmation.PACKET_RECEIVE_ERROR)
-                except _Unplugged:
-                    pass
+                self._on_packet(packet)
+            except Unplugged:
+                raise
+            except Exception:  # a handler bug must not kill the sensor
+                log.exception("emulator failed handling a packet")
+        if reader.bad_packets > bad_before:
+            self.stats.bad_packets_received += reader.bad_packets - bad_before
+            # A real sensor reports a corrupt command packet as "packet receive error".
+            self._reply(Instruction.GEN_IMG, Confirmation.PACKET_RECEIVE_ERROR)
 
     def _on_packet(self, packet: fp.Packet) -> None:
         if packet.pid in (PacketType.DATA, PacketType.END_DATA):
@@ -566,12 +447,12 @@ class SensorEmulator:
 
     def _write_packets(self, frames: list[bytes]) -> None:
         faults = self.faults
-        if faults.slow and self._stopping.wait(faults.slow):
+        if faults.slow and not self.sleep(faults.slow):
             return
         if faults.corrupting:
             frames = [self._corrupt(frame) for frame in frames]
         self.stats.packets_sent += len(frames)
-        self._write(b"".join(frames))
+        self.send(b"".join(frames))
 
     def _corrupt(self, frame: bytes) -> bytes:
         faults, dice = self.faults, self._dice
@@ -587,44 +468,6 @@ class SensorEmulator:
             self.stats.faults_injected += 1
         return bytes(out)
 
-    def _write(self, data: bytes) -> None:
-        """Write all of ``data``, paced to the line rate when asked; give up on a host that
-        stopped reading, and abandon the reply when the port is unplugged or we stop."""
-        view = memoryview(data)
-        stalled_since: float | None = None
-        # A reply goes out back to back, as from a UART: the line clock starts when the line
-        # is idle and then only advances by line time, so a late wake-up from one sleep is
-        # made up by the next instead of adding up over a 40 kB upload.
-        self._line_clock = max(self._line_clock, time.monotonic())
-        while view:
-            if self._unplug_request is not None or self._stopping.is_set():
-                raise _Unplugged()
-            chunk = view[:_CHUNK_BYTES] if self.pace else view
-            if self.pace:
-                # A byte is on the host's side only once its last bit has crossed the line.
-                now = time.monotonic()
-                self._line_clock += len(chunk) * 10 / self.parameters.baud
-                delay = self._line_clock - now
-                if delay > 0:
-                    time.sleep(delay)
-            assert self._master is not None
-            try:
-                written = os.write(self._master, chunk)
-            except BlockingIOError:
-                written = 0
-            if written:
-                view = view[written:]
-                self.stats.bytes_sent += written
-                stalled_since = None
-                continue
-            now = time.monotonic()
-            stalled_since = stalled_since or now
-            if now - stalled_since > _WRITE_STALL_S:
-                self.stats.replies_dropped += 1
-                log.warning("host is not reading; dropped %d bytes of a reply", len(view))
-                return
-            select.select([], [self._master], [], _POLL_S)
-
 
 def main(argv: list[str] | None = None) -> int:
     """``stationctl emulate fingerprint``: print the port path first, then serve until
@@ -638,8 +481,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quality", default="good", choices=("good", "poor"),
                         help="how the finger is placed: poor gives NFIQ 2 under 40")
     parser.add_argument("--control", type=Path, default=None,
-                        help="Unix datagram socket taking commands: finger <seed> <position> "
-                             "[quality=good|poor], nofinger <s>, faults <spec>, unplug <s>")
+                        help=f"Unix datagram socket taking commands: {USAGE}")
     parser.add_argument("--packet-size", type=int, default=128, choices=fp.PACKET_SIZES)
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
@@ -650,14 +492,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
 
-    from drivers.fingerprint.emulator_control import ControlChannel
     from drivers.fingerprint.prints import SyntheticFinger
     from station import logs
 
     logs.setup(args.log_level)
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
     emulator = SensorEmulator(
         prints=SyntheticFinger(args.applicant_seed, args.finger_position, args.quality),
         baud=args.baud,
@@ -667,25 +505,24 @@ def main(argv: list[str] | None = None) -> int:
     )
     path = emulator.start()
     try:
-        control = ControlChannel(emulator, args.control).start() if args.control else None
+        control = ControlChannel(args.control, emulator.command, USAGE, "fingerprint-emulator").start() \
+            if args.control else None
     except OSError as exc:
         emulator.stop()
         parser.error(f"--control {args.control}: cannot bind the control socket: {exc}")
-    print(path, flush=True)
     try:
-        while not stop.wait(0.5):
-            pass
+        wait_for_stop(path)
     finally:
         if control is not None:
             control.stop()
         emulator.stop()
-        log.info("stopped: %s", emulator.stats)
+        log.info("stopped: %s %s", emulator.stats, emulator.port_stats)
     return 0
 
 
 if __name__ == "__main__":
-    # Run the imported module's main, not this __main__ copy: the control channel and the
-    # prints must see the same Faults and SensorEmulator classes as everything else.
+    # Run the imported module's main, not this __main__ copy: the prints must see the same
+    # Faults and SensorEmulator classes as everything else.
     from drivers.fingerprint.emulator import main as _main
 
     sys.exit(_main())

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
-from drivers.camera.emulator import send_command
+from drivers.emulation import send_command
 from station.bus import FRAME_HWM, CommandClient, Subscriber
 from station.errors import CommandError
 from station.paths import Paths
@@ -168,7 +168,7 @@ def test_preview_stream_rate_and_quality(camerad):
         quality = msg.get("quality")
         assert quality["passed"] is True and quality["checks"]["face_count"]["value"] == 1 and 0 <= quality["score"] <= 100
         assert "inter_eye_px" in quality["checks"]
-    jpeg = cv2.imdecode(np.frombuffer(received[-1].payloads[0], np.uint8), cv2.IMREAD_COLOR)
+    jpeg = cv2.imdecode(np.frombuffer(received[-1].payload("jpeg"), np.uint8), cv2.IMREAD_COLOR)
     assert jpeg.shape == (received[-1].get("height"), received[-1].get("width"), 3) == (360, 640, 3)
 
 
@@ -204,12 +204,12 @@ def test_capture_command_returns_token_portrait_after_n_good_frames(camerad):
     result = reply.result
     assert result["passed"] is True and result["forced"] is False and result["mode"] == "icao"
     assert result["streak"] == 5 and result["elapsed_s"] > 0  # five consecutive good frames, not one
-    record = cv2.imdecode(np.frombuffer(reply.payloads[0], np.uint8), cv2.IMREAD_COLOR)
-    assert record.shape == (640, 480, 3)              # ISO token: height = width * 4/3
-    assert bytes(reply.payloads[0][6:10]) == b"JFIF"
-    assert 0 < len(reply.payloads[1]) <= 18000
     suffix = {"jpeg2000": "jp2", "jpeg": "jpg"}[result["token"]["chip_format"]]
-    assert result["images"] == ["portrait.jpg", f"portrait-chip.{suffix}"]
+    assert reply.names == ["portrait.jpg", f"portrait-chip.{suffix}"]
+    record = cv2.imdecode(np.frombuffer(reply.payload("portrait.jpg"), np.uint8), cv2.IMREAD_COLOR)
+    assert record.shape == (640, 480, 3)              # ISO token: height = width * 4/3
+    assert bytes(reply.payload("portrait.jpg")[6:10]) == b"JFIF"
+    assert 0 < len(reply.payload(f"portrait-chip.{suffix}")) <= 18000
     captured = daemon.wait_event("capture", 2)
     assert captured.get("passed") is True and captured.get("forced") is False
 
@@ -260,8 +260,8 @@ def test_frame_command_returns_full_resolution_bgr8(camerad):
     reply = daemon.client.call("frame")
     header = reply.result
     assert (header["width"], header["height"], header["encoding"]) == (1280, 720, "bgr8")
-    assert len(reply.payloads[0]) == header["step"] * header["height"] == 1280 * 3 * 720
-    image = np.frombuffer(reply.payloads[0], np.uint8).reshape(720, 1280, 3)
+    assert len(reply.payload("image")) == header["step"] * header["height"] == 1280 * 3 * 720
+    image = np.frombuffer(reply.payload("image"), np.uint8).reshape(720, 1280, 3)
     assert image.std() > 10      # a rendered scene, not a blank buffer
 
 

@@ -10,9 +10,10 @@ import cv2
 import numpy as np
 import pytest
 
-from drivers.camera.emulator import STALLED, UNPLUGGED, WAITING, CameraEmulator, parse_assignments
+from drivers.camera.emulator import STALLED, UNPLUGGED, USAGE, WAITING, CameraEmulator, parse_assignments
 from drivers.camera.mjpeg import MjpegSplitter
 from drivers.camera.source import EmulatedSource, StreamSource, make_source
+from drivers.emulation import answer
 from station.errors import DeviceError
 
 
@@ -126,20 +127,24 @@ def test_stream_delivers_the_newest_frame_then_reports_stall_and_eof(fifo):
 def test_emulator_control_commands_and_plug_state(tmp_path):
     path = tmp_path / "video.mjpeg"
     emulator = CameraEmulator(path, EmulatedSource(320, 240, fps=0))
+
+    def command(line: str) -> str:  # what the control channel answers
+        return answer(emulator.command, line, USAGE)
+
     emulator.plug()
     assert emulator.state == WAITING and path.is_fifo()
-    assert emulator.command("stall") == "ok stalled" and emulator.state == STALLED
-    assert emulator.command("resume") == "ok waiting"
-    assert emulator.command("scene faces=0 roll_deg=15").startswith("ok {")
+    assert command("stall") == "ok stalled" and emulator.state == STALLED
+    assert command("resume") == "ok waiting"
+    assert command("scene faces=0 roll_deg=15").startswith("ok {")
     assert emulator.source.params.faces == 0 and emulator.source.params.roll_deg == 15
-    assert emulator.command("scene faces=3").startswith("error source.scene")
-    assert emulator.command("scene tilt=3") == "error source.scene.tilt: not a scene parameter"
-    assert emulator.command("fps 12.5") == "ok waiting" and emulator.fps == 12.5
-    assert emulator.command("fps -1").startswith("error fps must be >= 0; usage: unplug")
-    assert emulator.command("dance").startswith("error unknown command 'dance'")
-    assert emulator.command("unplug") == "ok unplugged" and not path.exists() and emulator.state == UNPLUGGED
-    assert emulator.command("replug") == "ok waiting" and path.is_fifo()
-    assert emulator.command("unplug 0") == "ok unplugged" and not path.exists()
+    assert command("scene faces=3").startswith("error 'scene faces=3': source.scene")
+    assert command("scene tilt=3").startswith("error 'scene tilt=3': source.scene.tilt: not a scene parameter")
+    assert command("fps 12.5") == "ok waiting" and emulator.fps == 12.5
+    assert command("fps -1").startswith("error 'fps -1': fps must be >= 0; usage: unplug")
+    assert command("dance").startswith("error 'dance': not a command")
+    assert command("unplug") == "ok unplugged" and not path.exists() and emulator.state == UNPLUGGED
+    assert command("replug") == "ok waiting" and path.is_fifo()
+    assert command("unplug 0") == "ok unplugged" and not path.exists()
     emulator._service()           # the loop's next turn plugs it back in
     assert emulator.state == WAITING and path.is_fifo()
     emulator.close()

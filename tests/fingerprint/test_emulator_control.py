@@ -12,11 +12,15 @@ import numpy as np
 import pytest
 
 from drivers.fingerprint import protocol as fp
-from drivers.fingerprint.emulator import Faults
-from drivers.fingerprint.emulator_control import ControlChannel, apply_command, send_command
+from drivers.emulation import ControlChannel, send_command
+from drivers.fingerprint.emulator import USAGE, Faults
 from drivers.fingerprint.prints import Quality, SyntheticFinger
 
 pytestmark = pytest.mark.timeout(60)
+
+
+def apply_command(emulator, line: str) -> str:
+    return emulator.command(line)
 
 
 def test_commands_change_the_emulator(make_emulator):
@@ -24,7 +28,7 @@ def test_commands_change_the_emulator(make_emulator):
     assert apply_command(emulator, "finger 7 3 quality=poor") == "finger applicant 7 position 3 quality poor"
     assert emulator.prints.identity == "applicant 7 finger 3" and emulator.prints.quality == Quality.POOR
     assert apply_command(emulator, "nofinger 2.5") == "no finger for 2.5 s"
-    assert apply_command(emulator, "faults noise=0.1,seed=3").startswith("faults Faults(noise=0.1")
+    assert apply_command(emulator, "faults noise=0.1,seed=3") == "faults noise=0.1,seed=3"
     assert emulator.faults == Faults(noise=0.1, seed=3)
     apply_command(emulator, "faults none")
     assert emulator.faults == Faults()
@@ -35,6 +39,8 @@ def test_commands_change_the_emulator(make_emulator):
 @pytest.mark.parametrize("line, reason", [
     ("", "empty command"),
     ("finger 7", "not a command"),
+    ("faults seed=-1", "must be 0 or more"),
+    ("faults noise=2", "a probability must be within 0..1"),
     ("finger 7 11", "not an ANSI/NIST position 1..10"),
     ("finger x 2", "invalid literal"),
     ("finger 7 2 quality=awful", "'awful' is not a valid Quality"),
@@ -52,7 +58,7 @@ def test_bad_commands_say_why(make_emulator, line, reason):
 
 def test_channel_replies_to_a_sender(make_emulator, rundir):
     emulator = make_emulator()
-    channel = ControlChannel(emulator, rundir / "fp.ctl").start()
+    channel = ControlChannel(rundir / "fp.ctl", emulator.command, USAGE, "fingerprint-emulator").start()
     try:
         assert send_command(channel.path, "finger 5 8") == "ok finger applicant 5 position 8 quality good"
         reply = send_command(channel.path, "finger 5")

@@ -128,12 +128,12 @@ def test_capture_returns_image_quality_and_template(make_station):
     reply = station.client.call("capture", {"position": 2}, timeout_s=15)
     result = reply.result
     assert len(reply.payloads) == 2
-    image = np.frombuffer(reply.payloads[0], np.uint8).reshape(result["height"], result["width"])
+    image = np.frombuffer(reply.payload("image"), np.uint8).reshape(result["height"], result["width"])
     assert (result["width"], result["height"], result["encoding"]) == (256, 288, "gray8")
     assert np.array_equal(image, station.emulator.image)
     assert result["nfiq2"] >= 40 and result["minutiae"] >= 20
     assert isinstance(result["quality_feedback"], list)
-    template = reply.payloads[1]
+    template = reply.payload("template")
     assert template[:4] == b"FMR\x00" and result["template_format"] == "ISO/IEC 19794-2:2005"
     assert compare(template, assess(image).template) > 100
 
@@ -166,7 +166,7 @@ def test_idle_unplug_is_reported_within_two_seconds_and_recovers(make_station):
     _, back = station.next_event("status", 10, state="ready")
     assert back - unplugged < 1.5 + 5.0
     reply = station.client.call("capture", {"position": 2}, timeout_s=15)
-    assert np.array_equal(np.frombuffer(reply.payloads[0], np.uint8).reshape(288, 256), station.emulator.image)
+    assert np.array_equal(np.frombuffer(reply.payload("image"), np.uint8).reshape(288, 256), station.emulator.image)
 
 
 def test_unplug_during_capture_fails_clearly_then_recovers(make_station):
@@ -215,7 +215,7 @@ def test_packet_size_and_baud_upgrade_are_applied_to_the_sensor(make_station):
     assert (params["packet_size"], params["baud"]) == (256, 115200)
     assert (station.emulator.parameters.packet_size, station.emulator.parameters.baud) == (256, 115200)
     reply = station.client.call("capture", {"position": 2}, timeout_s=20)
-    image = np.frombuffer(reply.payloads[0], np.uint8).reshape(288, 256)
+    image = np.frombuffer(reply.payload("image"), np.uint8).reshape(288, 256)
     assert np.array_equal(image, station.emulator.image)
 
 
@@ -246,7 +246,7 @@ def test_sighup_with_a_new_port_reopens_the_scanner(make_station, station_env):
         station.next_event("config.applied", 5)
         station.next_event("status", 5, state="ready", detail=f"scanner on {other.path}")
         reply = station.client.call("capture", {"position": 4}, timeout_s=15)
-        assert np.array_equal(np.frombuffer(reply.payloads[0], np.uint8).reshape(288, 256), other.image)
+        assert np.array_equal(np.frombuffer(reply.payload("image"), np.uint8).reshape(288, 256), other.image)
     finally:
         other.stop()
 

@@ -23,7 +23,7 @@ def test_fault_spec_syntax():
         ("noise=lots", "'lots' is not a number"),
         ("badsum=1.5", "probability must be within 0..1"),
         ("slow=-1", "seconds must be within"),
-        ("seed=0.5", "is not a number"),
+        ("seed=0.5", "is not a whole number"),
     ]:
         with pytest.raises(ValueError, match=message):
             Faults.parse(spec)
@@ -126,7 +126,7 @@ def test_unplug_and_replug_via_the_link(make_emulator, make_scanner, tmp_path):
     scanner.open()
     assert scanner.wait_finger(2.0)
     assert np.array_equal(scanner.upload_image(), emulator.image)
-    assert emulator.stats.unplugs == 1 and link.is_symlink()
+    assert emulator.port_stats.unplugs == 1 and link.is_symlink()
     assert emulator.pts is not None and first_pts is not None
 
 

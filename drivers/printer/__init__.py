@@ -1,0 +1,1 @@
+"""Card printer: the Evolis-style command protocol, its byte pipes and the host-side driver."""
