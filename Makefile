@@ -8,8 +8,12 @@ STAMP     := $(VENV)/.installed-stamp
 PIP       := $(VENV)/bin/pip
 # python3-venv: the venv module; systemd: systemd-analyze for the unit checks; procps: /bin/kill (ExecReload);
 # make/gcc/python3-dev for any dependency that builds from source; nats-server: the
-# scale-out collector's JetStream tests; iproute2: the uplink benchmark's emulated 4G link.
-DEBIAN_PACKAGES := python3-venv python3-dev gcc systemd procps nats-server iproute2 fonts-dejavu-core fonts-ocr-b
+# scale-out collector's JetStream tests; iproute2: the uplink benchmark's emulated 4G link;
+# fonts: the card artwork (DejaVu for Vietnamese, OCR-B for the MRZ); pcscd, vsmartcard-vpcd,
+# pcsc-tools: the chip encoder's PC/SC stack and its virtual reader; libpcsclite-dev, swig:
+# to build pyscard.
+DEBIAN_PACKAGES := python3-venv python3-dev gcc systemd procps nats-server iproute2 fonts-dejavu-core fonts-ocr-b \
+                   pcscd vsmartcard-vpcd pcsc-tools libpcsclite-dev swig
 SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test system-deps bench clean
@@ -20,8 +24,8 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest $(ARGS)
 
-# Every benchmark script; linkemu.py and filesystems.py are pieces they use.
-BENCHMARKS := $(filter-out benchmarks/linkemu.py benchmarks/filesystems.py,$(wildcard benchmarks/*.py))
+# Every benchmark script; linkemu.py, filesystems.py and stopwatch.py are pieces they use.
+BENCHMARKS := $(filter-out benchmarks/linkemu.py benchmarks/filesystems.py benchmarks/stopwatch.py,$(wildcard benchmarks/*.py))
 
 bench: $(STAMP)
 	for script in $(BENCHMARKS); do $(VENV)/bin/python $$script || exit 1; done

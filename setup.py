@@ -14,6 +14,7 @@ setup(
         "drivers.camera",
         "drivers.fingerprint",
         "drivers.printer",
+        "drivers.chip",
     ],
     # The packaged default configuration lives in config/ at the top of the tree (where a
     # field engineer looks for it) and travels inside the wheel as station.defaults.
@@ -35,6 +36,8 @@ setup(
         "pycountry",
         "nats-py",
         "segno",
+        "asn1crypto",
+        "pyscard",
     ],
     extras_require={
         "test": [

@@ -36,7 +36,6 @@ Prints one JSON object on stdout; progress on stderr. About 30 s with the defaul
 from __future__ import annotations
 
 import argparse
-import functools
 import hashlib
 import io
 import json
@@ -52,7 +51,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -73,6 +72,7 @@ from drivers.camera.quality import FaceAnalyzer  # noqa: E402
 from drivers.fingerprint import protocol as fp  # noqa: E402
 from drivers.fingerprint.prints import SyntheticFinger  # noqa: E402
 from filesystems import fs_type  # noqa: E402
+from stopwatch import Stopwatch  # noqa: E402
 from station import biometrics, config, demographics, enrollment, keyring, nist, record, sealing  # noqa: E402
 from station.controller import Controller  # noqa: E402
 from station.demo import make_applicant  # noqa: E402
@@ -152,26 +152,6 @@ def open_session(store: RecordStore, inputs: Inputs) -> Session:
              {"position": position, "nfiq2": quality.nfiq2, "force_captured": False}, "session.finger",
              captures={finger.image: image.tobytes(), finger.template: quality.template})
     return session
-
-
-class Stopwatch:
-    """Time spent inside wrapped functions, per name, since the last ``reset``."""
-
-    def __init__(self) -> None:
-        self.spent: dict[str, float] = {}
-
-    def reset(self) -> None:
-        self.spent = {}
-
-    def wrap(self, name: str, function: Callable) -> Callable:
-        @functools.wraps(function)
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            started = time.perf_counter()
-            try:
-                return function(*args, **kwargs)
-            finally:
-                self.spent[name] = self.spent.get(name, 0.0) + time.perf_counter() - started
-        return timed
 
 
 def finish_ours(store: RecordStore, keys: keyring.Keyring, session: Session, watch: Stopwatch) -> dict[str, Any]:

@@ -131,8 +131,9 @@ class DeviceDaemon(Daemon, ABC):
             return
         if isinstance(error, StationError) and not self.device_answered(error):
             self.lose(error)  # the port went away, or the device stopped answering sensibly
-        else:
-            self.log.warning("probe of %s failed: %s", self.describe(), error)
+        else:  # the device answered, or a bug: the traceback says which
+            self.log.warning("probe of %s failed: %s", self.describe(), error,
+                             exc_info=error if not isinstance(error, StationError) else None)
 
     def lose(self, error: StationError) -> None:
         """The device failed mid-use: say ``offline`` now, fail whoever waits, reopen."""
@@ -214,6 +215,9 @@ class DeviceDaemon(Daemon, ABC):
 
     def fail(self, request: Request, error: BaseException) -> None:
         self._settle(request)
+        if isinstance(error, StationError) and self.device_answered(error):
+            self.log.warning("%s: %s", request.cmd, error.message)  # a jam, an open cover: for the log
+            self._last_probe = 0.0  # and read the device's state again soon, not a period later
         if isinstance(error, StationError):
             request.fail(error)
         else:

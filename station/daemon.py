@@ -51,6 +51,7 @@ class Daemon:
         self.overrides = list(overrides)
         self.log = logging.getLogger(f"{self.kind}.{name}")
         self.config: dict[str, Any] = self.load_config()
+        self.check_config(self.config)  # before the lock and any socket: a bad config touches nothing
         # Before any socket: a second copy started by mistake must not take over the first's
         # socket paths (binding an ipc path replaces it for every new peer).
         self._instance_lock = locks.hold(paths.run / f"{name}.lock",
@@ -93,6 +94,9 @@ class Daemon:
         if watch_subscribers:
             self.add_reader(publisher.socket, publisher.handle_subscriptions)
         return publisher
+
+    def check_config(self, config: dict[str, Any]) -> None:
+        """What the schema cannot say (a device that must be named); raise ``ConfigError``."""
 
     def heartbeat_s(self) -> float:
         return float(self.config.get("heartbeat_s", HEARTBEAT_S))

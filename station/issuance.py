@@ -178,7 +178,7 @@ class PrintQueue:
         if not self.printer_online():
             return {"ready": False}
         status = self._call("status", {}, {}).result.get("status", {})
-        return {"ready": status.get("level") != "ERROR" and "feeder_empty" not in status.get("conditions", [])}
+        return {"ready": status.get("level") != "error" and "feeder_empty" not in status.get("conditions", [])}
 
     def _settle(self, job_id: str, step: str, result: Any, error: BaseException | None) -> None:
         """The main loop takes a step's outcome into the job and saves it."""

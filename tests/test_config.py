@@ -97,7 +97,7 @@ def test_mappings_merge_key_by_key_lists_are_replaced(etc: Path) -> None:
 
     controller = config.load("controller", etc=etc)
     assert controller["store"] == {"retention_days": 7, "fsync": False, "min_free_mb": 200}
-    assert controller["drivers"] == {"camera": ["cam1", "cam2"], "fingerprint": ["fp0"]}
+    assert controller["drivers"] == {"camera": ["cam1", "cam2"], "fingerprint": ["fp0"], "printer": []}
     assert config.load("enrollment", etc=etc)["finger_positions"] == [2, 7]
 
 
@@ -244,7 +244,7 @@ def test_overrides_are_parsed_as_yaml_and_merged_deeply(etc: Path) -> None:
     assert (fingerprint["port"], fingerprint["address"]) == ("/dev/ttyUSB0", 0xFFFFFFFE)
 
     controller = config.load("controller", None, etc, ["drivers.camera=[cam0, cam1]", "store.fsync=false"])
-    assert controller["drivers"] == {"camera": ["cam0", "cam1"], "fingerprint": ["fp0"]}
+    assert controller["drivers"] == {"camera": ["cam0", "cam1"], "fingerprint": ["fp0"], "printer": []}
     assert controller["store"] == {"retention_days": 30, "fsync": False, "min_free_mb": 200}
 
 

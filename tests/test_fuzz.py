@@ -14,6 +14,7 @@ default seed keeps CI deterministic.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import select
@@ -26,7 +27,7 @@ from collections import Counter
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import orjson
 import pytest
@@ -775,20 +776,20 @@ def fuzz_daemon(running: Running, ctx, commands: dict[str, ArgsFor], *, slow: se
         f"problems:\n" + "\n".join(missing[:10] + problems[:20]))
 
 
-def oversized_requests_leave_the_daemon_serving(running: Running, ctx) -> None:
-    """A frame above the 256 KiB limit makes libzmq drop that connection before the daemon
-    reads it; the daemon and every other peer carry on. (ZMQ_MAXMSGSIZE limits each frame:
-    a request over the limit only in total is read like any other, so it is sent first and
-    only the daemon's survival is checked for it.)"""
+def oversized_requests_leave_the_daemon_serving(running: Running, ctx, limit: int = MAX_REQUEST_BYTES) -> None:
+    """A frame above the daemon's limit (256 KiB; a printer's 8 MiB) makes libzmq drop that
+    connection before the daemon reads it; the daemon and every other peer carry on.
+    (ZMQ_MAXMSGSIZE limits each frame: a request over the limit only in total is read like
+    any other, so it is sent first and only the daemon's survival is checked for it.)"""
     over = ctx.socket(zmq.DEALER)
     over.setsockopt(zmq.LINGER, 0)
     over.connect(running.endpoint)
     header = {"v": 1, "corr": "over-total", "cmd": "ping", "deadline_ns": time.time_ns() + 10**10}
     try:
-        over.send_multipart([orjson.dumps(header)] + [b"\x00" * (MAX_REQUEST_BYTES // 2)] * 6)
+        over.send_multipart([orjson.dumps(header)] + [b"\x00" * (limit // 2)] * 6)
         if over.poll(5000):
             over.recv_multipart()
-        over.send_multipart([orjson.dumps({**header, "corr": "over-frame", "pad": "x" * MAX_REQUEST_BYTES})])
+        over.send_multipart([orjson.dumps({**header, "corr": "over-frame", "pad": "x" * limit})])
         answered: list[bytes] = []
         exchange(over, lambda: False, 0.5, lambda frames: answered.append(frames[0]))
         assert not [a for a in answered if b'"over-frame"' in a], "a frame over the limit was served"
@@ -803,10 +804,10 @@ def oversized_requests_leave_the_daemon_serving(running: Running, ctx) -> None:
 
 
 def run_fuzz(running: Running, ctx, commands: dict[str, ArgsFor], *, slow: set[str], messages: int,
-             budget_s: float, label: str) -> None:
+             budget_s: float, label: str, limit: int = MAX_REQUEST_BYTES) -> None:
     started = time.monotonic()
     fuzz_daemon(running, ctx, commands, slow=slow, messages=messages, budget_s=budget_s, label=label)
-    oversized_requests_leave_the_daemon_serving(running, ctx)
+    oversized_requests_leave_the_daemon_serving(running, ctx, limit)
     ended = time.monotonic()
     gap = running.watchdog.worst_gap(started, ended)
     assert len(running.watchdog.between(started, ended)) >= 2, f"{label}: the watchdog did not beat while fuzzed"
@@ -836,13 +837,28 @@ def test_the_camera_daemon_answers_every_fuzzed_request(station_env, ctx):
         stop_daemon(running)
 
 
+@contextlib.contextmanager
+def emulator(device: str, link: Path, env: dict) -> Iterator[None]:
+    """``stationctl emulate DEVICE --link LINK`` running, its device path printed, for the test."""
+    process = subprocess.Popen([str(BIN / "stationctl"), "emulate", device, "--link", str(link)],
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        ready, _, _ = select.select([process.stdout], [], [], 30)
+        assert ready and process.stdout.readline().strip(), f"the {device} emulator did not start"
+        yield
+    finally:
+        process.terminate()
+        try:
+            process.wait(5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        process.stdout.close()
+
+
 def test_the_fingerprint_daemon_answers_every_fuzzed_request(station_env, ctx):
     link = station_env["run"] / "fp0.tty"
-    emulator = subprocess.Popen([str(BIN / "stationctl"), "emulate", "fingerprint", "--link", str(link)],
-                                env=station_env["env"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    try:
-        ready, _, _ = select.select([emulator.stdout], [], [], 30)
-        assert ready and emulator.stdout.readline().strip(), "the sensor emulator did not start"
+    with emulator("fingerprint", link, station_env["env"]):
         (station_env["etc"] / "fingerprint@fp0.yaml").write_text(yaml.safe_dump({
             "port": str(link), "command_timeout_s": 0.3, "retries": 2, "finger_wait_s": 2}))
         commands = {**RUNTIME, "cancel": ArgsFor({}),
@@ -853,14 +869,24 @@ def test_the_fingerprint_daemon_answers_every_fuzzed_request(station_env, ctx):
             run_fuzz(running, ctx, commands, slow={"capture"}, messages=20_000, budget_s=3.0, label="fingerprint fp0")
         finally:
             stop_daemon(running)
-    finally:
-        emulator.terminate()
+
+
+def test_the_printer_daemon_answers_every_fuzzed_request(station_env, ctx):
+    from drivers.printer.daemon import PrinterDaemon
+
+    link = station_env["run"] / "printer0.tty"
+    with emulator("printer", link, station_env["env"]):
+        (station_env["etc"] / "printer@printer0.yaml").write_text(yaml.safe_dump({"port": str(link)}))
+        commands = {**RUNTIME, "status": ArgsFor({}), "reject": ArgsFor({}), "eject": ArgsFor({}),
+                    "feed": ArgsFor({"to": lambda r: r.choice(["contactless", "contact", "hopper"])}),
+                    "print": ArgsFor({})}
+        running = launch(["station-printerd", "printer0"], "printer0", station_env["env"], station_env["etc"].parent)
         try:
-            emulator.wait(5)
-        except subprocess.TimeoutExpired:
-            emulator.kill()
-            emulator.wait()
-        emulator.stdout.close()
+            wait_answering(running, ctx, ready_state="ready")
+            run_fuzz(running, ctx, commands, slow={"feed", "print", "reject", "eject", "status"}, messages=5000,
+                     budget_s=3.0, label="printer printer0", limit=PrinterDaemon.max_request_bytes)
+        finally:
+            stop_daemon(running)
 
 
 def test_the_controller_answers_every_fuzzed_request(provisioned, ctx):
@@ -900,6 +926,10 @@ def test_the_controller_answers_every_fuzzed_request(provisioned, ctx):
             "session.cancel": ArgsFor({**session, "reason": lambda r: r.choice(["", "left", "é" * 200])}),
             "events.since": ArgsFor({"since": lambda r: r.randint(0, 50), "limit": lambda r: r.randint(1, 500)}),
             "record.get": ArgsFor({"record": lambda r: "".join(r.choice(HEX) for _ in range(32))}),
+            "print.status": ArgsFor({}),
+            "print.retry": ArgsFor({"job": lambda r: "".join(r.choice(HEX) for _ in range(16)), **operator}),
+            "print.cancel": ArgsFor({"job": lambda r: "".join(r.choice(HEX) for _ in range(16)), **operator,
+                                     "reason": lambda r: r.choice(["", "x" * 300])}),
         }
         run_fuzz(running, ctx, commands, slow={"session.portrait", "session.exception_photo", "session.finger",
                                                "session.finish"},

@@ -141,3 +141,41 @@ def test_a_printer_daemon_killed_mid_print_never_yields_a_card_reported_done(iss
         "driver_offline", "deadline_exceeded", "device_error")
     counters = emulator_status(station)["counters"]
     assert counters["fed"] == 2 and (station.cards / "card-0002" / "front.png").exists()
+
+
+def test_an_empty_feeder_pauses_the_job_until_cards_are_loaded(issuing):
+    station = issuing("feeder_empty=0")
+    job_id = enroll(station, 6)["print_job"]
+    paused = station.wait_for(lambda: (job := job_of(station, job_id))["paused"] and job, 60)
+    assert (paused["paused"], paused["state"], paused["spoiled"]) == ("printer_feeder", "feeding", [])
+    assert station.printer("feeder 10").startswith("ok")
+    job = until_state(station, job_id, "done")
+    assert (job["attempt"], job["spoiled"]) == (1, [])  # no card was spoiled: there was none
+
+
+def test_the_ribbon_ending_mid_print_spoils_that_card_and_waits_for_a_new_ribbon(issuing):
+    station = issuing("ribbon_out=1")
+    job_id = enroll(station, 7)["print_job"]
+    paused = station.wait_for(lambda: (job := job_of(station, job_id))["paused"] and job, 60)
+    assert paused["paused"] == "printer_ribbon" and paused["spoiled"] == ["printer_ribbon"]
+    station.wait_for(lambda: emulator_status(station)["hopper"] == 1, 30)  # the half-printed card is out
+    assert emulator_status(station)["counters"]["printed"] == 0
+    assert station.printer("ribbon ymcko 100").startswith("ok")
+    job = until_state(station, job_id, "done")
+    assert (job["attempt"], job["spoiled"]) == (2, ["printer_ribbon"])
+    assert emulator_status(station)["counters"]["printed"] == 1
+
+
+def test_a_controller_killed_mid_print_starts_a_new_card_after_its_restart(issuing):
+    station = issuing("", printer_args=("--print-s", "3"))
+    job_id = enroll(station, 8)["print_job"]
+    station.wait_for(lambda: job_of(station, job_id)["state"] == "printing", 60)
+    station.wait_for(lambda: emulator_status(station)["printing"], 30)
+    station.kill("controller")
+    station.start("controller")
+    job = until_state(station, job_id, "done")
+    # The print under way when the controller died is never the one reported: its card's
+    # fate is unknown to the controller, so the job rejected it and printed a new one.
+    assert (job["attempt"], job["spoiled"]) == (2, ["controller_restart"])
+    counters = emulator_status(station)["counters"]
+    assert counters["fed"] == 2 and (station.cards / "card-0002" / "front.png").exists()

@@ -54,15 +54,17 @@ class FingerprintDaemon(DeviceDaemon):
 
     def __init__(self, name: str, paths: Paths, overrides: Sequence[str] = ()):
         super().__init__(name, paths, overrides)
-        if not self.config["port"]:
-            raise ConfigError([f"fingerprint {name}: no serial port configured: set 'port' in "
-                               f"{paths.etc}/fingerprint@{name}.yaml (e.g. /dev/serial/by-id/usb-...)"])
         self._cancel = threading.Event()
         self.system_parameters: dict[str, Any] = {}
         self.captures = 0
         self.commands.register("capture", self._cmd_capture,
                                {"position": {"type": "integer", "minimum": 0, "maximum": 15}}, ("position",))
         self.commands.register("cancel", self._cmd_cancel)
+
+    def check_config(self, config: dict[str, Any]) -> None:
+        if not config["port"]:
+            raise ConfigError([f"fingerprint {self.name}: no serial port configured: set 'port' in "
+                               f"{self.paths.etc}/fingerprint@{self.name}.yaml (e.g. /dev/serial/by-id/usb-...)"])
 
     # -- the device -------------------------------------------------------------------------
     def describe(self) -> str:

@@ -64,9 +64,6 @@ class PrinterDaemon(DeviceDaemon):
 
     def __init__(self, name: str, paths: Paths, overrides: Sequence[str] = ()):
         super().__init__(name, paths, overrides)
-        if not self.config["port"]:
-            raise ConfigError([f"printer {name}: no printer configured: set 'port' in {paths.etc}/printer@{name}.yaml "
-                               "(a serial device, /dev/usb/lpN or socket://HOST:PORT)"])
         self.probe_interval_s = float(self.config["probe_interval_s"])
         self.identity: dict[str, Any] = {}
         self.condition: dict[str, Any] = {}
@@ -76,6 +73,12 @@ class PrinterDaemon(DeviceDaemon):
         self.commands.register("reject", self._cmd_reject)
         self.commands.register("eject", self._cmd_eject)
         self.commands.register("status", self._cmd_status)
+
+    def check_config(self, config: dict[str, Any]) -> None:
+        if not config["port"]:
+            raise ConfigError([f"printer {self.name}: no printer configured: set 'port' in "
+                               f"{self.paths.etc}/printer@{self.name}.yaml (a serial device, /dev/usb/lpN or "
+                               "socket://HOST:PORT)"])
 
     # -- the device -------------------------------------------------------------------------
     def describe(self) -> str:
@@ -110,11 +113,14 @@ class PrinterDaemon(DeviceDaemon):
         return isinstance(error, PrinterError)  # an answer: the printer is there
 
     def device_lost(self, error: Any) -> None:
-        self.condition = {}
+        self.condition = {"level": "unknown", "conditions": [], "activity": "offline", "card_position": None,
+                          "ribbon_remaining": None, "ribbon": None}
+        self.events.publish("condition", self.condition)  # the console must not keep showing "ready"
 
     def job_limit_s(self) -> float:
+        # The longest a print can rightly take: ten panels, the print, two moves; then some.
         timeouts = self.config["timeouts"]
-        return 2 * (timeouts["print_s"] + 12 * timeouts["panel_s"] + 4 * timeouts["move_s"])
+        return 1.5 * (timeouts["print_s"] + 10 * timeouts["panel_s"] + 2 * timeouts["move_s"])
 
     def apply_config(self, new: dict, old: dict) -> None:
         self.config = new

@@ -124,6 +124,9 @@ def panel_bytes(levels: int, width: int = CARD_WIDTH, height: int = CARD_HEIGHT)
     return width * height * bits_per_pixel(levels) // 8
 
 
+_GROUP_SHIFTS = {bits: np.arange(7, -1, -1, dtype=np.uint64) * np.uint64(bits) for bits in (5, 6, 7)}
+
+
 def pack_panel(levels_array: np.ndarray, levels: int) -> bytes:
     """Levels (uint8, H x W, each below ``levels``) -> Db data, MSB-first, no row padding."""
     bits = bits_per_pixel(levels)
@@ -135,8 +138,16 @@ def pack_panel(levels_array: np.ndarray, levels: int) -> bytes:
         raise ValueError(
             f"panel holds level {int(levels_array.max())}, but {levels} levels go from 0 to {levels - 1}"
         )
-    pixel_bits = np.unpackbits(levels_array.reshape(-1, 1), axis=1)[:, 8 - bits :]
-    return np.packbits(pixel_bits.reshape(-1)).tobytes()
+    pixels = levels_array.reshape(-1)
+    if bits == 1:
+        return np.packbits(pixels).tobytes()
+    # Eight pixels of ``bits`` bits are ``bits`` whole bytes: build each group as one 64-bit
+    # word and keep its low bytes, big-endian (milliseconds, where a bit per byte took tens).
+    count = pixels.size
+    groups = np.zeros((-(-count // 8), 8), np.uint64)
+    groups.reshape(-1)[:count] = pixels
+    words = np.bitwise_or.reduce(groups << _GROUP_SHIFTS[bits], axis=1)
+    return words.astype(">u8").view(np.uint8).reshape(-1, 8)[:, 8 - bits:].tobytes()[: count * bits // 8]
 
 
 def unpack_panel(
@@ -150,10 +161,16 @@ def unpack_panel(
             f"panel data of {len(data)} bytes, expected {expected} "
             f"for {width} x {height} at {levels} levels"
         )
-    pixel_bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8)).reshape(-1, bits)
-    # Right-align each pixel's bits in a byte: pad on the left by packing, then shift down.
-    packed = np.packbits(pixel_bits, axis=1)[:, 0] >> (8 - bits)
-    return packed.reshape(height, width)
+    count = width * height
+    if bits == 1:
+        return np.unpackbits(np.frombuffer(data, dtype=np.uint8), count=count).reshape(height, width)
+    groups = -(-count // 8)  # the inverse of pack_panel: ``bits`` bytes -> one word -> 8 pixels
+    padded = np.zeros(groups * bits, np.uint8)
+    padded[: len(data)] = np.frombuffer(data, dtype=np.uint8)
+    words = np.zeros((groups, 8), np.uint8)
+    words[:, 8 - bits:] = padded.reshape(groups, bits)
+    pixels = (words.view(">u8") >> _GROUP_SHIFTS[bits]) & np.uint64((1 << bits) - 1)
+    return pixels.astype(np.uint8).reshape(-1)[:count].reshape(height, width)
 
 
 def check_panels(panels: Iterable[Sequence], ribbon: str | None = None) -> list[Panel]:
@@ -832,9 +849,9 @@ def printer_status(
     error codes of recent failed commands.
 
     A sensor outranks a remembered error: ERR;C from a command an hour ago does not keep
-    the printer in ERROR once the cover sensor reads CLOSED. Jam, feeder and ribbon errors
-    have no sensor that clears them; the caller forgets them after a command that moved a
-    card succeeds. ``ribbon_low``: prints remaining at or below which the ribbon is low.
+    the printer in ERROR once the cover sensor reads CLOSED, nor an old ERR;F once the
+    feeder reads loaded. Jam and ribbon errors have no sensor that clears them; the caller
+    forgets them after a command that moved a card succeeds. ``ribbon_low``: prints remaining at or below which the ribbon is low.
     """
     conditions: set[Condition] = set()
     cover_open = None if cover is None else parse_cover_open(cover)
@@ -854,6 +871,9 @@ def printer_status(
         condition = ERRORS.get(error, _UNKNOWN_ERROR).condition
         if condition is Condition.COVER_OPEN and cover_open is False:
             continue
+        if condition in (Condition.FEEDER_EMPTY, Condition.FEEDER_ERROR) and feeder is not None \
+                and parse_feeder_loaded(feeder):
+            continue  # cards were loaded since: the sensor says so
         if condition is Condition.RIBBON_ENDED and Condition.WRONG_RIBBON in conditions:
             continue  # the wrong ribbon is the better explanation of ERR;R
         if condition is not None:

@@ -16,36 +16,9 @@ from station import card as cards
 from station.card import CardData, card_data, expiry_date, mrz_lines, printed, qr_text
 from station.demographics import DemographicsError
 from station.errors import BadRequest, StationError
+from tests.printer.cards import APPLICANT, AUTHORITY, finger, make_card, portrait
 
-AUTHORITY = "CỤC TRƯỞNG CỤC CẢNH SÁT QUẢN LÝ HÀNH CHÍNH VỀ TRẬT TỰ XÃ HỘI"
-APPLICANT = {
-    "full_name": "Nguyễn Thị Đào",
-    "date_of_birth": "1985-03-04",
-    "sex": "F",
-    "nationality": "VNM",
-    "id_number": "031185001234",
-    "old_id_number": "123456789",
-    "place_of_origin": "Xã Nghĩa Hưng, Huyện Nghĩa Hưng, Nam Định",
-    "place_of_residence": "Số 12, ngõ 34 phố Lạch Tray, Phường Lạch Tray, Quận Ngô Quyền, Hải Phòng",
-    "ethnicity": "Kinh",
-    "religion": "Không",
-    "identifying_marks": "Nốt ruồi C:2cm trên sau đầu lông mày trái",
-}
-
-
-def portrait() -> bytes:
-    image = np.zeros((400, 300, 3), np.uint8)
-    cv2.circle(image, (150, 170), 90, (120, 160, 210), -1)
-    return cv2.imencode(".jpg", image)[1].tobytes()
-
-
-def finger(seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return rng.integers(0, 256, (288, 256), dtype=np.uint8)
-
-
-def make(applicant: dict | None = None, issued: date = date(2024, 7, 1)) -> CardData:
-    return card_data(applicant or APPLICANT, portrait(), finger(1), finger(2), issued, AUTHORITY)
+make = make_card
 
 
 # -- expiry: renewed at 25, 40 and 60; within 2 years before one, valid until the next -------

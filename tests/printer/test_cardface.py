@@ -20,24 +20,9 @@ from station import config
 from station.card import CardData, card_data, mrz_lines, qr_text
 from station.cardface import HEIGHT, INK_THRESHOLD, WIDTH, CardFace, FontMissing, Side
 from station.errors import ConfigError
+from tests.printer.cards import APPLICANT, AUTHORITY
 
 PACKAGED = Path(str(resources.files("station.defaults")))
-AUTHORITY = "CỤC TRƯỞNG CỤC CẢNH SÁT QUẢN LÝ HÀNH CHÍNH VỀ TRẬT TỰ XÃ HỘI"
-APPLICANT = {
-    "full_name": "Nguyễn Thị Đào",
-    "date_of_birth": "1985-03-04",
-    "sex": "F",
-    "nationality": "VNM",
-    "id_number": "031185001234",
-    "old_id_number": "123456789",
-    "place_of_origin": "Xã Nghĩa Hưng, Huyện Nghĩa Hưng, Nam Định",
-    "place_of_residence": "Số 12, ngõ 34 phố Lạch Tray, Phường Lạch Tray, Quận Ngô Quyền, Hải Phòng",
-    "ethnicity": "Kinh",
-    "religion": "Không",
-    "identifying_marks": "Nốt ruồi C:2cm trên sau đầu lông mày trái",
-}
-
-
 def _fill(words: str, length: int) -> str:
     """Realistic Vietnamese text repeated to exactly ``length`` characters."""
     text = ((words + " ") * (length // len(words) + 2))[:length]

@@ -10,10 +10,8 @@ import re
 import subprocess
 import sys
 import time
-from datetime import date
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -25,9 +23,9 @@ from drivers.printer.emulator import USAGE, Faults, PrinterEmulator, PrinterStat
 from drivers.printer.panels import recombine, separate
 from drivers.printer.protocol import CARD_HEIGHT, CARD_WIDTH, CardPosition, Command, Condition, Level, PrinterError
 from drivers.printer.transport import transport_for
-from station.card import CardData, card_data
 from station.cardface import CardFace
 from station.errors import DeviceError
+from tests.printer.cards import make_card
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -35,30 +33,6 @@ TRANSCRIPTS = Path(__file__).parent / "transcripts"
 STATIONCTL = Path(sys.executable).parent / "stationctl"
 BLANK = np.zeros((CARD_HEIGHT, CARD_WIDTH), np.uint8)
 FRONT = [("k", 2, BLANK)]  # the cheapest card side: one black panel, no ink
-AUTHORITY = "CỤC TRƯỞNG CỤC CẢNH SÁT QUẢN LÝ HÀNH CHÍNH VỀ TRẬT TỰ XÃ HỘI"
-APPLICANT = {
-    "full_name": "Nguyễn Thị Đào",
-    "date_of_birth": "1985-03-04",
-    "sex": "F",
-    "nationality": "VNM",
-    "id_number": "031185001234",
-    "old_id_number": "123456789",
-    "place_of_origin": "Xã Nghĩa Hưng, Huyện Nghĩa Hưng, Nam Định",
-    "place_of_residence": "Số 12, ngõ 34 phố Lạch Tray, Phường Lạch Tray, Quận Ngô Quyền, Hải Phòng",
-    "ethnicity": "Kinh",
-    "religion": "Không",
-    "identifying_marks": "Nốt ruồi C:2cm trên sau đầu lông mày trái",
-}
-
-
-def make_card() -> CardData:
-    portrait = np.zeros((400, 300, 3), np.uint8)
-    cv2.circle(portrait, (150, 170), 90, (120, 160, 210), -1)
-    jpeg = cv2.imencode(".jpg", portrait)[1].tobytes()
-    fingers = [np.random.default_rng(seed).integers(0, 256, (288, 256), dtype=np.uint8) for seed in (1, 2)]
-    return card_data(APPLICANT, jpeg, *fingers, date(2024, 7, 1), AUTHORITY)
-
-
 @pytest.fixture
 def make_emulator():
     started: list[PrinterEmulator] = []

@@ -444,6 +444,7 @@ HEALTHY = dict(cover="CLOSED", feeder="CARD", ribbon_remaining="180", ribbon="YM
         ({"errors": ["R"]}, Level.ERROR, {Condition.RIBBON_ENDED}),
         ({"errors": ["T"]}, Level.ERROR, {Condition.JAM}),
         ({"errors": ["F"], "feeder": "NO CARD"}, Level.ERROR, {Condition.FEEDER_ERROR, Condition.FEEDER_EMPTY}),
+        ({"errors": ["F"]}, Level.READY, set()),  # cards were loaded since: the feeder sensor says so
         ({"errors": ["C"]}, Level.READY, set()),  # the sensor has seen the cover closed since
         ({"errors": ["C"], "cover": None}, Level.ERROR, {Condition.COVER_OPEN}),
         ({"errors": ["1", "2"]}, Level.READY, set()),
