@@ -39,7 +39,7 @@ NATIONALITY_PRINTED = {"VNM": "Việt Nam"}
 MAGIC = b"CCCD-CARD/1\n"
 _PNG = b"\x89PNG\r\n\x1a\n"
 _JPEG = b"\xff\xd8\xff"
-_IMAGES = ("portrait_jpeg", "left_index_png", "right_index_png")
+_IMAGES = ("portrait_jpeg", "left_index_png", "right_index_png", "chip_portrait")
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,7 @@ class CardData:
     right_index_png: bytes
     old_id_number: str | None = None
     identifying_marks: str | None = None
+    chip_portrait: bytes = b""  # the chip's token portrait (JPEG 2000, <= 20 KB, for DG2); none: no chip
 
     def fingerprint(self, which: str) -> np.ndarray:
         """The ``"left"`` or ``"right"`` index fingerprint as an 8-bit grey array."""
@@ -137,6 +138,7 @@ def card_data(
     right_index: np.ndarray | bytes,
     issue_date: date,
     authority: str,
+    chip_portrait: bytes = b"",
 ) -> CardData:
     """A card for a validated applicant, issued on ``issue_date``.
 
@@ -166,6 +168,7 @@ def card_data(
         right_index_png=right,
         old_id_number=person.get("old_id_number"),
         identifying_marks=person.get("identifying_marks"),
+        chip_portrait=bytes(chip_portrait),
     )
 
 

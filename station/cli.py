@@ -14,6 +14,8 @@
   stationctl uplink [--follow] [--json]        delivery to central: link, backlog, throughput
   stationctl print status [--json]             the print queue (instant issuance) and the printer
   stationctl print retry JOB | cancel JOB      print a rejected card again / withdraw a job
+  stationctl pki init-test DIR [--country VN]  a throwaway test CSCA and Document Signer (keys 0600)
+  stationctl chip verify DIR [--csca CERT] [--json]   passive authentication of a chip's files
 """
 from __future__ import annotations
 
@@ -367,6 +369,32 @@ def cmd_uplink(args: argparse.Namespace) -> int:
         ctx.term()
 
 
+def cmd_pki_init_test(args: argparse.Namespace) -> int:
+    from station import pki
+
+    try:
+        written = pki.init_test(args.directory, args.country)
+    except StationError as exc:
+        print(f"stationctl pki init-test: {exc.message}", file=sys.stderr)
+        return 1
+    print(written.report())
+    return 0
+
+
+def cmd_chip_verify(args: argparse.Namespace) -> int:
+    """Exit 0 only when no check failed; the report says whether the chain was checked."""
+    from station import chip_verify, pki
+
+    try:
+        csca = pki.load_certificate(args.csca) if args.csca else None
+        result = chip_verify.verify_directory(args.directory, csca)
+    except StationError as exc:
+        print(f"stationctl chip verify: {exc.message}", file=sys.stderr)
+        return 1
+    print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False) if args.json else result.report())
+    return 0 if result.valid else 1
+
+
 def cmd_emulate(args: argparse.Namespace, rest: list[str]) -> int:
     if args.device == "fingerprint":
         from drivers.fingerprint import emulator
@@ -465,6 +493,21 @@ def build_parser() -> argparse.ArgumentParser:
     for parser_ in print_sub.choices.values():
         parser_.add_argument("--timeout", type=float, default=5.0)
         parser_.set_defaults(func=cmd_print)
+
+    pki_parser = sub.add_parser("pki", help="the chip's signing PKI")
+    pki_sub = pki_parser.add_subparsers(dest="action", required=True)
+    init_test = pki_sub.add_parser("init-test", help="create a test CSCA and Document Signer (never for real cards)")
+    init_test.add_argument("directory", help="where to write csca/ds keys (0600) and certificates")
+    init_test.add_argument("--country", default="VN", help="two-letter country code of the test PKI (default VN)")
+    init_test.set_defaults(func=cmd_pki_init_test)
+
+    chip = sub.add_parser("chip", help="chip data tools")
+    chip_sub = chip.add_subparsers(dest="action", required=True)
+    verify = chip_sub.add_parser("verify", help="passive authentication of chip files (EF.COM, DG1..., EF.SOD)")
+    verify.add_argument("directory", help="directory of files named EF.COM, DG1, DG2, ..., EF.SOD")
+    verify.add_argument("--csca", help="the country's CSCA certificate (PEM or DER) to check the Document Signer")
+    verify.add_argument("--json", action="store_true", help="every check as JSON")
+    verify.set_defaults(func=cmd_chip_verify)
 
     emulate = sub.add_parser("emulate", help="run one device emulator (options: stationctl emulate DEVICE --help)",
                              add_help=False)

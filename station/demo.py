@@ -10,6 +10,14 @@ an emulated card printer (instant issuance: ``DIR/cards/<record>/front.png``, ``
 and the printer's decoded panels), waits until central has acknowledged and confirmed
 every record and event, exports each record from central's storage with central's key,
 writes ``summary.json`` and exits non-zero if anything was lost.
+
+Each card has a chip: the demo starts a private pcscd whose virtual reader (vpcd) is the
+printer's contactless encoder, and the printer emulator puts each card's emulated chip in
+its field; the controller personalises, locks and verifies it as on hardware. The demo
+plays the issuing authority too: a TEST CSCA and Document Signer (``station/pki.py``) in
+``state/pki`` sign every chip. Each printed card's chip files are copied to
+``DIR/cards/<record>/chip/`` and checked as anyone holding the card would check them,
+with ``stationctl chip verify`` against the test CSCA. ``--no-chip`` prints cards without.
 """
 from __future__ import annotations
 
@@ -32,8 +40,9 @@ from typing import Any, Sequence
 import yaml
 import zmq
 
+from drivers.chip.pcscd import Pcscd, PcscdError
 from drivers.emulation import send_command
-from station import demographics, keyring
+from station import demographics, keyring, pki
 from station.bus import CommandClient
 from station.errors import StationError
 from station.paths import Paths
@@ -50,6 +59,7 @@ STATION_ID = "VN-HP-0001"
 READY_TIMEOUT_S = 60.0
 DELIVERY_TIMEOUT_S = 120.0
 PRINT_TIMEOUT_S = 120.0
+CHIP_VERIFY_TIMEOUT_S = 60.0
 
 
 @dataclass
@@ -103,6 +113,7 @@ class ApplicantResult:
     files: list[str] = field(default_factory=list)  # the exported ANSI/NIST-ITL transaction
     print_job: str = ""
     card: str = ""  # DIR/cards/<record>: the printed card's sides and panels
+    chip: dict[str, Any] = field(default_factory=dict)  # stationctl chip verify's verdict on its chip
     error: str = ""
 
 
@@ -126,14 +137,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def write_config(etc: Path, fingerprint_port: str, printer_port: str) -> None:
-    """The demo's field overrides, written where a field engineer would put them."""
+def write_config(etc: Path, fingerprint_port: str, printer_port: str, chip: dict[str, Any] | None = None) -> None:
+    """The demo's field overrides, written where a field engineer would put them; ``chip``
+    is the controller's ``printing.chip`` (none: cards without a chip)."""
     (etc / "conf.d").mkdir(parents=True, exist_ok=True)
     (etc / "fingerprint@fp0.yaml").write_text(yaml.safe_dump({"port": fingerprint_port}))
     (etc / "camera@cam0.yaml").write_text(yaml.safe_dump({"source": {"kind": "emulated"}}))
     (etc / "printer@printer0.yaml").write_text(yaml.safe_dump({"port": printer_port}))
     (etc / "conf.d" / "50-controller.instant-issuance.yaml").write_text(yaml.safe_dump(
         {"drivers": {"printer": ["printer0"]}, "printing": {"instant_issuance": True}}, allow_unicode=True))
+    if chip is not None:
+        (etc / "conf.d" / "50-controller.chip.yaml").write_text(yaml.safe_dump({"printing": {"chip": chip}}))
 
 
 def make_applicant(rng: random.Random, number: int) -> dict[str, Any]:
@@ -156,8 +170,11 @@ def make_applicant(rng: random.Random, number: int) -> dict[str, Any]:
 
 
 class Demo:
-    def __init__(self, workdir: Path, applicants: int, seed: int, collector: str = ""):
+    def __init__(self, workdir: Path, applicants: int, seed: int, collector: str = "", chip: bool = True):
         self.workdir = workdir
+        self.chip = chip  # cards with a chip: a pcscd for the encoder, a test PKI to sign them
+        self.pcscd: Pcscd | None = None
+        self.test_pki: pki.TestPki | None = None
         self.collector_url = collector  # nats://HOST:PORT: the gateway stores in JetStream there
         self.applicants = applicants
         self.rng = random.Random(seed)
@@ -201,11 +218,42 @@ class Demo:
             raise StationError(f"fingerprint emulator did not start:\n{emulator.log_tail()}")
         return line
 
+    def start_chip_encoder(self) -> None:
+        """The printer's contactless encoder: a private pcscd with a virtual reader. Started
+        before the station's daemons, so the controller (its PC/SC client) inherits the
+        private socket's name; and the test PKI, as the issuing authority would hand over a
+        Document Signer."""
+        (self.workdir / "pcscd").mkdir(exist_ok=True)
+        try:
+            self.pcscd = Pcscd(self.workdir / "pcscd").start()
+        except PcscdError as exc:
+            raise StationError(f"{exc.message}\n(or run the demo with --no-chip: cards without a chip)",
+                               code=exc.code) from None
+        os.chmod(self.pcscd.log_path, 0o600)  # the reader's log is the station's business only
+        self.say(f"  emulator   chip encoder: pcscd reader {self.pcscd.reader(0)!r} on port {self.pcscd.port(0)}")
+        self.test_pki = pki.existing_test(self.paths.state / "pki") or pki.init_test(self.paths.state / "pki")
+        self.say(f"  pki        the demo plays the issuing authority too: a TEST CSCA and Document Signer in "
+                 f"{self.test_pki.directory} sign every chip (no reader outside this demo trusts them)")
+
+    def chip_settings(self) -> dict[str, Any] | None:
+        """The controller's ``printing.chip``: personalise through the virtual reader, sign with
+        the test Document Signer, check the read-back chip against the test CSCA."""
+        if self.pcscd is None or self.test_pki is None:
+            return None
+        return {"encoder": "pcsc", "reader": self.pcscd.reader(0),
+                "document_signer": {"key": str(self.test_pki.ds_key), "certificate": str(self.test_pki.ds_cert)},
+                "csca": str(self.test_pki.csca_cert)}
+
+    def stop_chip_encoder(self) -> None:
+        if self.pcscd is not None:
+            self.pcscd.stop()
+
     def start_printer_emulator(self) -> str:
         link = self.workdir / "dev" / "printer0"
         self.printer_out = self.workdir / "printer-out"
+        chip = ["--chip-port", str(self.pcscd.port(0))] if self.pcscd is not None else []
         emulator = self.spawn("printer-emulator", [str(scripts_dir() / "stationctl"), "emulate", "printer",
-                                                   "--link", str(link), "--out", str(self.printer_out)],
+                                                   "--link", str(link), "--out", str(self.printer_out), *chip],
                               reads_stdout=True)
         line = emulator.popen.stdout.readline().decode().strip()
         if not line:
@@ -410,9 +458,11 @@ class Demo:
             self.start_collector()
             port = self.start_emulator()
             self.say(f"  emulator   fingerprint sensor on {port}")
+            if self.chip:
+                self.start_chip_encoder()
             printer = self.start_printer_emulator()
-            self.say(f"  emulator   card printer on {printer}")
-            write_config(self.paths.etc, port, printer)
+            self.say(f"  emulator   card printer on {printer}{' (cards with a chip)' if self.pcscd else ''}")
+            write_config(self.paths.etc, port, printer, self.chip_settings())
             self.start_daemons()
             self.wait_ready()
             for number in range(1, self.applicants + 1):
@@ -420,6 +470,8 @@ class Demo:
                 self.results.append(result)
                 self.report(result)
             self.wait_printed()
+            if self.chip:
+                self.verify_chips()
             self.wait_delivered()
             for result in self.results:
                 if result.record:
@@ -429,6 +481,7 @@ class Demo:
             lost.append(exc.message)
         finally:
             codes = self.stop_all()
+            self.stop_chip_encoder()
         lost += self.verify(codes)
         self.write_summary(lost, codes)
         ok = not lost
@@ -470,7 +523,51 @@ class Demo:
             shutil.copytree(card_dir, target, dirs_exist_ok=True)
             r.card = str(target)
             r.events.append(f"card printed: {target.relative_to(self.workdir)}/front.png, back.png")
+            chip = self.printer_out / "chips" / card_dir.name  # written as the card left the encoder
+            if chip.is_dir():
+                shutil.copytree(chip, target / "chip", dirs_exist_ok=True)
         self.say(f"  {sum(1 for r in self.results if r.card)} card(s) printed to {self.workdir / 'cards'}/")
+
+    def verify_chips(self) -> None:
+        """Each printed card's chip checked as anyone holding the card would: ``stationctl chip
+        verify`` on its files, against the CSCA (passive authentication)."""
+        assert self.test_pki is not None
+        for r in self.results:
+            if not r.card:
+                continue
+            path = Path(r.card) / "chip"
+            if not path.is_dir():
+                self.say(f"  chip       record {r.record[:12]}…: NO CHIP FILES "
+                         f"(see {self.logs}/printer-emulator.log)")
+                continue
+            r.chip = self.chip_verdict(path)
+            shown = path.relative_to(self.workdir)
+            if r.chip["valid"]:
+                chain = "chain to the test CSCA checked" if r.chip["chain_checked"] else "chain NOT checked"
+                r.events.append(f"chip verified: {shown} ({chain})")
+                self.say(f"  chip       record {r.record[:12]}…: valid ({' '.join(r.chip['files'])}), {chain}: "
+                         f"{shown}/")
+            else:
+                self.say(f"  chip       record {r.record[:12]}…: DOES NOT VERIFY: {r.chip['verdict']} ({shown}/)")
+
+    def chip_verdict(self, path: Path) -> dict[str, Any]:
+        """``stationctl chip verify PATH --csca CSCA``'s verdict: valid only when it exits 0."""
+        assert self.test_pki is not None
+        argv = [str(scripts_dir() / "stationctl"), "chip", "verify", str(path), "--csca",
+                str(self.test_pki.csca_cert), "--json"]
+        verdict: dict[str, Any] = {"path": str(path), "valid": False, "chain_checked": False, "files": []}
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, env=self.env(), timeout=CHIP_VERIFY_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            return {**verdict, "verdict": f"stationctl chip verify gave no answer in {CHIP_VERIFY_TIMEOUT_S:.0f} s"}
+        try:
+            report = json.loads(done.stdout)
+        except json.JSONDecodeError:  # it could not read the files: the reason is on stderr
+            return {**verdict, "verdict": done.stderr.strip() or f"stationctl chip verify exited {done.returncode}"}
+        failed = [f"{check['check']}: {check['message']}" for check in report["checks"] if check["status"] == "fail"]
+        return {**verdict, "valid": done.returncode == 0 and report["valid"] is True,
+                "chain_checked": report["chain_checked"], "files": report["files"],
+                "verdict": "; ".join([report["verdict"], *failed])}
 
     def report(self, r: ApplicantResult) -> None:
         name = r.applicant["full_name"]
@@ -501,6 +598,12 @@ class Demo:
                     if not r.card or not (Path(r.card) / "front.png").is_file() or \
                             not (Path(r.card) / "back.png").is_file():
                         problems.append(f"record {r.record}: no printed card")
+                    elif self.test_pki is not None and not r.chip:
+                        problems.append(f"record {r.record}: its card's chip was not written out (see "
+                                        f"{self.logs}/printer-emulator.log)")
+                    elif r.chip and not r.chip["valid"]:
+                        problems.append(f"record {r.record}: its chip does not verify: {r.chip['verdict']} "
+                                        f"(stationctl chip verify {r.chip['path']} --csca {self.test_pki.csca_cert})")
             store.close()
         problems += [f"{name} exited with status {code} (see {self.logs}/{name}.log)"
                      for name, code in codes.items() if code not in (0, None)]
@@ -522,12 +625,15 @@ class Demo:
                       "logs": {p.name: str(p.log_path) for p in self.processes}},
             "exports": [f for r in self.results for f in r.files],
             "cards": sum(1 for r in self.results if r.card),
+            "chips_verified": sum(1 for r in self.results if r.chip.get("valid")),
+            "csca": str(self.test_pki.csca_cert) if self.test_pki else None,
             "exit_codes": codes,
             "results": [
                 {"applicant": r.number, "session": r.session, "record": r.record, "error": r.error,
                  "portrait": {k: r.portrait.get(k) for k in ("score", "passed", "forced")}, "fingers": r.fingers,
                  "events": r.events, "timings_s": r.timings_s, "export": r.files[0] if r.files else None,
                  "print_job": r.print_job or None, "card": r.card or None,
+                 "chip": {k: r.chip[k] for k in ("path", "valid", "chain_checked")} if r.chip else None,
                  "delivery": self.delivery.get(r.record, {"delivered": False, "confirmed": False})}
                 for r in self.results
             ],
@@ -543,6 +649,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1, help="seed for the demo applicants")
     parser.add_argument("--collector", default="", metavar="nats://HOST:PORT",
                         help="central's collector stores in NATS JetStream at this server (default: embedded)")
+    parser.add_argument("--no-chip", action="store_true",
+                        help="cards without a chip (no pcscd; the chip needs pcscd, vsmartcard-vpcd and root)")
     args = parser.parse_args(argv)
     if args.applicants < 1:
         parser.error("--applicants must be at least 1")
@@ -551,4 +659,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     if args.collector and not args.collector.startswith("nats://"):
         parser.error("--collector takes a nats://HOST:PORT URL")
-    return Demo(workdir, args.applicants, args.seed, args.collector).run()
+    return Demo(workdir, args.applicants, args.seed, args.collector, chip=not args.no_chip).run()

@@ -161,4 +161,10 @@ CODES: dict[str, str] = {
     "record_too_large": "the record is larger than the collector's storage accepts",
     "not_allowed": "the station is unknown or revoked at the collector",
     "store_not_ready": "the record store has not been created or migrated by the controller yet",
+    # the chip's data and its signing PKI (station/lds.py, station/pki.py, station/chip_verify.py)
+    "bad_lds": "a chip file does not follow the ICAO 9303 LDS encoding; the message names the file and offset",
+    "chip_files_unreadable": "the directory of chip files (EF.COM, DG1, ..., EF.SOD) cannot be read",
+    "bad_document_signer": "the Document Signer key or certificate cannot sign chips: mismatched, expired, past its key usage period or not for signatures",
+    "bad_certificate": "a certificate file cannot be read or is not an X.509 certificate",
+    "test_pki_exists": "a test PKI already exists in that directory; remove it or choose another",
 }

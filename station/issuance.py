@@ -19,8 +19,10 @@ store, encrypted to the station's key, and destroyed when the job ends.
 A paused job (cover open, feeder empty, ribbon out, printer daemon gone) asks the printer
 for its sensors every ``poll_s`` and resumes once they are clear.
 
-The chip (``encode``) is personalised by the chip encoder of the chip issue; until one is
-configured the encode step is recorded as skipped (``chip: none``) and the job goes on.
+The chip (``encode``) is personalised through the printer's PC/SC encoder, locked, read
+back through BAC and verified (``chip.py``) while the card sits at the contactless station;
+a chip that fails is ``encoding_failed``: the card is rejected and the job starts a new one.
+With ``printing.chip.encoder: none`` the step is recorded as skipped (``chip: none``).
 """
 from __future__ import annotations
 
@@ -45,6 +47,7 @@ log = logging.getLogger("station.issuance")
 
 LEFT_INDEX, RIGHT_INDEX = 7, 2  # ANSI/NIST finger positions printed on the back
 BLANK_FINGER = np.full((288, 256), 255, np.uint8)  # a finger declared an exception: an empty box
+RECENT_ENDED = 50  # ended jobs print.status still lists (the journal has them all)
 
 # How a step calls the printer daemon: (command, args, named payloads, timeout) -> reply.
 CallPrinter = Callable[[str, dict, Mapping[str, Any], float], Reply]
@@ -61,8 +64,9 @@ def card_for(session: Session, capture: Callable[[str], bytes], issue_date: date
             return BLANK_FINGER
         return np.frombuffer(capture(taken.image), np.uint8).reshape(taken.height, taken.width)
 
+    chip = capture(session.portrait.images[1]) if len(session.portrait.images) > 1 else b""
     data = cards.card_data(session.applicant, capture(session.portrait.images[0]), finger(LEFT_INDEX),
-                           finger(RIGHT_INDEX), issue_date, authority)
+                           finger(RIGHT_INDEX), issue_date, authority, chip)
     return data.to_bytes()
 
 
@@ -88,6 +92,7 @@ class PrintQueue:
         self.running: str | None = None  # the job whose step is on the worker
         self._next_poll = 0.0
         self._face: Any = None
+        self._signer: Any = None  # (key and certificate paths, the loaded Document Signer)
         self.jobs: dict[str, PrintJob] = {}
         now = time.time_ns()
         for row in store.print_jobs():
@@ -128,8 +133,13 @@ class PrintQueue:
         self._save(job, "retried")
         return job
 
-    def views(self) -> list[dict[str, Any]]:
-        return [PrintJob.from_dict(row).view() for row in self.store.print_jobs()]
+    def views(self, ended: int = RECENT_ENDED) -> list[dict[str, Any]]:
+        """Every job still to print or waiting for the operator (rejected), and the last
+        ``ended`` done or cancelled, oldest first."""
+        jobs = [PrintJob.from_dict(row) for row in self.store.print_jobs()]
+        closed = [job for job in jobs if job.state in printing.DESTROYS_CARD]
+        keep = {job.job_id for job in closed[-ended:]} if ended else set()
+        return [job.view() for job in jobs if job.state not in printing.DESTROYS_CARD or job.job_id in keep]
 
     # -- the loop ----------------------------------------------------------------------------
     def tick(self, now: float) -> None:
@@ -170,7 +180,7 @@ class PrintQueue:
         if action in (Action.FEED, Action.REJECT_CARD_THEN_FEED):
             return self._call("feed", {"to": "contactless"}, {}).result
         if action is Action.ENCODE:
-            return {"chip": "none"}  # no chip encoder yet: the card is printed without one
+            return self._encode(job)
         front, back = self._render(job)
         return self._call("print", {}, {**side_payloads("front", front), **side_payloads("back", back)}).result
 
@@ -207,6 +217,35 @@ class PrintQueue:
     # -- pieces ----------------------------------------------------------------------------
     def _call(self, cmd: str, args: dict, payloads: Mapping[str, Any]) -> Reply:
         return self.call(cmd, args, payloads, float(self.settings["step_timeout_s"]))
+
+    def _encode(self, job: PrintJob) -> dict[str, Any]:
+        """The chip: personalised, locked, read back through BAC and verified (``chip.py``)."""
+        settings = self.settings["chip"]
+        if settings["encoder"] == "none":
+            return {"chip": "none"}
+        from station import bac, chip, lds
+
+        data = cards.CardData.from_bytes(self.store.print_card(job.job_id))
+        if not data.chip_portrait:
+            raise StationError("the card has no chip portrait (the camera's portrait-chip image)", code="bad_record")
+        files = lds.lds_files(data, data.chip_portrait, self._document_signer(settings))
+        line1, line2, _ = cards.mrz_lines(data)
+        encoder = chip.ChipEncoder(settings["reader"], card_wait_s=float(settings["card_wait_s"]))
+        encoded = encoder.encode(files, bac.mrz_information_from_td1(line1, line2), settings["csca"] or None)
+        return {"chip": "verified", "files": sorted(files), "seconds": encoded.seconds,
+                "chain_checked": bool(settings["csca"])}
+
+    def _document_signer(self, settings: Mapping[str, Any]) -> Any:
+        from station import pki
+
+        signer = settings["document_signer"]
+        if not signer["key"] or not signer["certificate"]:
+            raise StationError("printing.chip.document_signer names no key and certificate: the chip cannot be "
+                               "signed (stationctl pki init-test makes a test pair)", code="config_invalid")
+        key = (signer["key"], signer["certificate"])
+        if self._signer is None or self._signer[0] != key:
+            self._signer = (key, pki.load_document_signer(*key))
+        return self._signer[1]
 
     def _render(self, job: PrintJob) -> tuple[Any, Any]:
         from station.cardface import CardFace  # Pillow and the fonts load on the first print only

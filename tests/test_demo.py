@@ -9,6 +9,7 @@ from pathlib import Path
 
 import nistitl
 import pytest
+from mrz.checker.td1 import TD1CodeChecker
 
 from station.store import RecordStore
 
@@ -72,6 +73,48 @@ def test_every_applicants_card_is_printed_and_carries_their_data(demo):
     assert len(numbers) == 3  # each applicant's own card
 
 
+def td1_failures(lines: list[str]) -> set[str]:
+    """What the ``mrz`` package's TD1 checker refuses in an MRZ, apart from the date formats it
+    cannot read: Doc 9303's fillers for a birth year alone (YY<<<<) or no expiry (<<<<<<),
+    whose check digits it still verifies (tests/test_mrz.py)."""
+    checker = TD1CodeChecker("\n".join(lines))
+    bool(checker)  # runs every check into the report
+    failed = {name for name, _ in checker.report.falses}
+    if lines[1][2:6] == "<<<<":
+        failed.discard("birth date")
+    if lines[1][8:14] == "<<<<<<":
+        failed.discard("expiry date")
+    return failed
+
+
+@pytest.mark.timeout(300)
+def test_every_card_has_a_chip_that_verifies_against_the_test_csca(demo):
+    import cv2
+
+    workdir, out, summary = demo
+    csca = Path(summary["csca"])
+    assert csca.is_file() and csca.parent == Path(summary["paths"]["state"]) / "pki"
+    assert summary["chips_verified"] == 3 and "issuing authority" in out.stdout
+    for result in summary["results"]:
+        chip = Path(result["card"]) / "chip"
+        assert result["chip"] == {"path": str(chip), "valid": True, "chain_checked": True}
+        assert f"chip       record {result['record'][:12]}…: valid" in out.stdout
+        assert {p.name for p in chip.iterdir()} == {"EF.COM", "DG1", "DG2", "DG13", "EF.SOD"}
+        assert all(p.stat().st_mode & 0o077 == 0 for p in chip.iterdir())  # personal data: owner only
+        # An independent check, as anyone holding the card would make it.
+        verify = subprocess.run([str(BIN / "stationctl"), "chip", "verify", str(chip), "--csca", str(csca)],
+                                capture_output=True, text=True, timeout=60)
+        assert verify.returncode == 0, verify.stdout + verify.stderr
+        # DG1 is the printed card's MRZ (61 5D {5F1F 5A: 90 characters}), and the card's own.
+        dg1 = (chip / "DG1").read_bytes()
+        assert dg1[:5] == bytes.fromhex("615D5F1F5A") and len(dg1) == 95
+        text = dg1[5:].decode("ascii")
+        lines = [text[0:30], text[30:60], text[60:90]]
+        assert td1_failures(lines) == set(), (lines, TD1CodeChecker("\n".join(lines)).report.falses)
+        id_number = cv2.QRCodeDetector().detectAndDecode(cv2.imread(str(Path(result["card"]) / "front.png")))[0]
+        assert TD1CodeChecker("\n".join(lines)).fields().optional_data == id_number.split("|")[0]
+
+
 @pytest.mark.timeout(300)
 def test_every_record_is_exported_as_a_standard_transaction(demo):
     _workdir, _out, summary = demo
@@ -104,6 +147,14 @@ def test_nothing_personal_or_biometric_is_left_in_the_clear(demo):
     secrets = [n.encode() for n in names] + [i.encode() for i in ids]
     files = [p for root in (state, logs) for p in root.rglob("*") if p.is_file()]
     assert any(p.suffix == ".sealed" for p in files) and any(p.name == "store.db" for p in files)
+    # The test PKI the demo made as issuing authority is keys and certificates only, keys 0600.
+    pki = {p.name: p.stat().st_mode & 0o777 for p in (state / "pki").iterdir()}
+    assert pki.keys() == {"csca.key.pem", "csca.cert.pem", "ds.key.pem", "ds.cert.pem"}
+    assert pki["csca.key.pem"] == pki["ds.key.pem"] == 0o600
+    # The encoder's pcscd keeps no APDU trace: the chips' data (in hex) never reaches its log.
+    trace = (workdir / "pcscd" / "pcscd.log").read_text(errors="replace").lower().replace(" ", "")
+    assert not [i for i in ids if i.encode().hex() in trace], "pcscd's log traces the personalisation"
+    assert (workdir / "pcscd" / "pcscd.log").stat().st_mode & 0o077 == 0
     for path in files:
         data = path.read_bytes()
         for secret in secrets:

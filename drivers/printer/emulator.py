@@ -65,6 +65,16 @@ card arrives at the contactless station, before the reply to the command that mo
 ``on_leave_contactless(card_number)`` when it leaves (to print, reject, eject, jam, or on
 unplug), before the move's time is spent. Both run on the serving thread outside the
 state lock; an exception in a hook is logged and counted (``hook_failures``), never fatal.
+
+Chips: with ``--chip-port PORT`` (``ContactlessChips``) those hooks give every card a blank
+chip of its own (``drivers/chip/emulator.py``), inserted into the vpcd reader listening on
+PORT while the card is at the contactless station, so the station's encoder personalises
+it through pcscd as on hardware; ``--chip-faults`` applies to every chip, or with
+``--chip-faults-card N`` to card N's alone. As a card leaves
+the station, with ``--out``, its chip's files are written to ``OUT/chips/card-NNNN/``
+(``EF.COM``, ``DG1`` ... ``EF.SOD``; 0600: they are personal data) for
+``stationctl chip verify``. A chip that finds no reader is logged and counted; the card
+goes on without one.
 """
 from __future__ import annotations
 
@@ -80,7 +90,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from PIL import Image
@@ -113,6 +123,9 @@ from drivers.printer.protocol import (
     encode_reply,
     unpack_panel,
 )
+
+if TYPE_CHECKING:
+    from drivers.chip.emulator import ChipEmulator, ChipFaults
 
 log = logging.getLogger("printer.emulator")
 
@@ -499,6 +512,25 @@ def write_card(out_dir: Path, card: PrintedCard) -> Path:
     return final
 
 
+def write_chip(out_dir: Path, number: int, files: dict[str, bytes]) -> Path:
+    """``out_dir/card-NNNN/<file name>``: a chip's files, personal data, so 0600 files in a
+    0700 directory, built under a temporary name and renamed into place (a card back at the
+    contactless station replaces what its chip held before)."""
+    final = out_dir / f"card-{number:04d}"
+    building = out_dir / f".{final.name}.tmp"
+    shutil.rmtree(building, ignore_errors=True)
+    out_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    building.mkdir(mode=0o700)
+    for name, data in files.items():
+        fd = os.open(building / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with open(fd, "wb") as file:
+            file.write(data)
+    if final.exists():
+        shutil.rmtree(final)
+    os.rename(building, final)
+    return final
+
+
 @dataclass
 class EmulatorStats:
     commands: int = 0
@@ -652,6 +684,98 @@ class PrinterEmulator(PtyDevice):
             log.exception("%s hook failed for card %d", what, number)
 
 
+@dataclass
+class ChipStats:
+    inserted: int = 0
+    insert_failures: int = 0  # no reader listening: the card went through without a chip
+    chips_written: int = 0
+    chip_write_failures: int = 0
+
+
+class ContactlessChips:
+    """The cards' chips in the field of the contactless station's encoder: the two
+    contactless hooks (``arrived``, ``left``) of the pty loop, kept out of ``PrinterState``.
+
+    Each card has a blank chip of its own (``drivers/chip/emulator.py``), inserted into the
+    vpcd reader at ``host:port`` when the card arrives and removed when it leaves; a card
+    that comes back brings its own chip back. With ``out_dir``, a leaving chip's files (those
+    the encoder created, by their ``station.lds.FILES`` names) are written by ``write_chip``
+    to ``out_dir/card-NNNN/``. ``faults`` apply to every card's chip, or to card ``faults_card``'s alone. A reader that is not
+    listening is logged and counted (``insert_failures``): the card goes on without a chip.
+    """
+
+    def __init__(self, port: int, *, host: str | None = None, faults: ChipFaults | str | None = None,
+                 faults_card: int | None = None, out_dir: Path | str | None = None):
+        from drivers.chip import emulator as chip  # the LDS, BAC and crypto modules: only with a chip
+
+        self._chip_module = chip
+        self.host = host or chip.VPCD_HOST
+        self.port = port
+        self.faults = faults if isinstance(faults, chip.ChipFaults) else chip.ChipFaults.parse(faults)
+        self.faults_card = faults_card  # only that card's chip has the faults; None: every card's
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.stats = ChipStats()
+        self.card_number: int | None = None
+        self.chip: ChipEmulator | None = None  # card ``card_number``'s
+        self._lock = threading.Lock()  # the serving thread's hooks, unplug and close()
+
+    def arrived(self, number: int) -> None:
+        with self._lock:
+            if self.chip is None or self.card_number != number:
+                faulty = self.faults_card is None or self.faults_card == number
+                self.chip = self._chip_module.ChipEmulator(self.host, self.port,
+                                                           faults=self.faults if faulty else None)
+                self.card_number = number
+            if self.chip.inserted:
+                return
+            try:
+                self.chip.insert()
+            except self._chip_module.ReaderUnavailable as exc:
+                self.stats.insert_failures += 1
+                log.error("card %d is at the contactless station without its chip in a reader's field: %s",
+                          number, exc)
+                return
+            self.stats.inserted += 1
+
+    def left(self, number: int) -> None:
+        with self._lock:
+            if self.chip is None or self.card_number != number:
+                log.warning("card %d left the contactless station, where no chip of its was", number)
+                return
+            self._leave(number, self.chip)
+
+    def close(self) -> None:
+        """The printer stops: a chip still in the field leaves it (its files written)."""
+        with self._lock:
+            if self.chip is not None and self.card_number is not None and self.chip.inserted:
+                self._leave(self.card_number, self.chip)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"reader": f"{self.host}:{self.port}", "card": self.card_number,
+                "in_field": self.chip is not None and self.chip.inserted, "faults": str(self.faults),
+                **asdict(self.stats)}
+
+    def _leave(self, number: int, chip: ChipEmulator) -> None:
+        from station.lds import FILES
+
+        chip.remove()
+        if self.out_dir is None:
+            return
+        created = chip.card.lds.files
+        files = {name: chip.card.file(ef.file_id) for name, ef in FILES.items() if ef.file_id in created}
+        if not files:
+            log.info("card %d left the contactless station with a blank chip: nothing to write", number)
+            return
+        try:
+            path = write_chip(self.out_dir, number, files)
+        except OSError as exc:  # the inspection copy failed; the chip holds what it holds
+            self.stats.chip_write_failures += 1
+            log.error("card %d's chip not written to %s: %s", number, self.out_dir, exc)
+            return
+        self.stats.chips_written += 1
+        log.info("card %d's chip written: %s (%s)", number, path, " ".join(files))
+
+
 def count(text: str, what: str) -> int:
     """A control command's whole-number argument, checked."""
     if not text.isdigit():
@@ -673,10 +797,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ribbon-prints", type=int, default=RIBBON_PRINTS, help="prints left on the ribbon")
     parser.add_argument("--move-s", type=float, default=0.0, help="seconds a card move takes (default 0)")
     parser.add_argument("--print-s", type=float, default=0.0, help="seconds a print takes (default 0)")
+    parser.add_argument("--chip-port", type=int, default=0, metavar="PORT",
+                        help="each card has a chip, inserted into the vpcd reader on this port at the "
+                             "contactless station (0, the default: cards without a chip)")
+    parser.add_argument("--chip-faults", default="", metavar="SPEC",
+                        help="every chip's fault spec, e.g. fail_write=3 (drivers/chip/emulator.py)")
+    parser.add_argument("--chip-faults-card", type=int, default=None, metavar="N",
+                        help="only card N's chip has the --chip-faults (cards count from 1 as they are fed)")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
+    chips: ContactlessChips | None = None
     try:
         faults = Faults.parse(args.faults)
+        if not 0 <= args.chip_port < 65536:
+            raise ValueError(f"--chip-port must be a TCP port 1..65535 (or 0: no chip), not {args.chip_port}")
+        if args.chip_port:
+            from drivers.chip.emulator import ChipFaults
+
+            try:
+                chip_faults = ChipFaults.parse(args.chip_faults)
+            except ValueError as exc:
+                raise ValueError(f"--chip-faults: {exc}") from None
+            chips = ContactlessChips(args.chip_port, faults=chip_faults, faults_card=args.chip_faults_card,
+                                     out_dir=args.out / "chips" if args.out is not None else None)
+        elif args.chip_faults:
+            raise ValueError("--chip-faults needs --chip-port: without it the cards have no chip")
         check_ribbon(args.ribbon, args.ribbon_prints)
         if not (0 <= args.move_s < MAX_SECONDS and 0 <= args.print_s < MAX_SECONDS):
             raise ValueError(f"--move-s and --print-s must be within 0..{MAX_SECONDS} seconds")
@@ -690,7 +835,9 @@ def main(argv: list[str] | None = None) -> int:
     logs.setup(args.log_level)
     emulator = PrinterEmulator(faults=faults, link=args.link, out_dir=args.out, feeder=args.feeder,
                                ribbon=args.ribbon, ribbon_prints=args.ribbon_prints,
-                               move_s=args.move_s, print_s=args.print_s)
+                               move_s=args.move_s, print_s=args.print_s,
+                               on_contactless=chips.arrived if chips else None,
+                               on_leave_contactless=chips.left if chips else None)
     path = emulator.start()
     try:
         control = ControlChannel(args.control, emulator.command, USAGE, "printer-emulator").start() \
@@ -705,6 +852,9 @@ def main(argv: list[str] | None = None) -> int:
             control.stop()
         emulator.stop()
         log.info("stopped: %s %s %s", emulator.state.counters, emulator.stats, emulator.port_stats)
+        if chips is not None:
+            chips.close()
+            log.info("chips: %s", chips.snapshot())
     return 0
 
 

@@ -134,7 +134,8 @@ def test_to_bytes_round_trips_and_names_its_payloads() -> None:
     start = len(cards.MAGIC) + 4
     (size,) = struct.unpack(">I", blob[len(cards.MAGIC):start])
     header = json.loads(blob[start:start + size])
-    assert [p["name"] for p in header["payloads"]] == ["portrait_jpeg", "left_index_png", "right_index_png"]
+    assert [p["name"] for p in header["payloads"]] == ["portrait_jpeg", "left_index_png", "right_index_png",
+                                                        "chip_portrait"]
     assert header["fields"]["full_name"] == "Nguyễn Thị Đào"
     assert header["fields"]["issue_date"] == "2024-07-01"
 
