@@ -54,6 +54,7 @@ INS_UPDATE_BINARY_ODD = 0xD7
 INS_CREATE_FILE = 0xE0
 INS_GET_CHALLENGE = 0x84
 INS_EXTERNAL_AUTHENTICATE = 0x82
+INS_INTERNAL_AUTHENTICATE = 0x88
 
 TAG_DISCRETIONARY_DATA = 0x53  # content in odd-INS READ/UPDATE BINARY
 TAG_OFFSET = 0x54  # offset in odd-INS READ/UPDATE BINARY
@@ -65,6 +66,7 @@ FILE_DESCRIPTOR_TRANSPARENT_EF = 0x01  # working EF, transparent structure
 
 CHALLENGE_LENGTH = 8
 MUTUAL_AUTHENTICATE_LENGTH = 40  # E (32) || M (8), both ways
+AA_CHALLENGE_LENGTH = 8
 
 
 class Status(IntEnum):
@@ -411,6 +413,30 @@ def file_control_parameters(command: Command) -> tuple[int, int]:
 def get_challenge() -> Command:
     """GET CHALLENGE: the chip answers RND.IC, 8 bytes, the start of BAC."""
     return Command(0x00, INS_GET_CHALLENGE, 0x00, 0x00, le=CHALLENGE_LENGTH)
+
+
+def internal_authenticate(challenge: bytes) -> Command:
+    """INTERNAL AUTHENTICATE for Active Authentication: the chip signs ``challenge`` (8
+    bytes, ICAO 9303-11 §6.1) with its AA private key."""
+    if len(challenge) != AA_CHALLENGE_LENGTH:
+        raise BadRequest(f"INTERNAL AUTHENTICATE: challenge of {len(challenge)} bytes; AA takes {AA_CHALLENGE_LENGTH}")
+    return Command(0x00, INS_INTERNAL_AUTHENTICATE, 0x00, 0x00, challenge, le=256)
+
+
+# The emulated chip's personalisation profile (proprietary, CLA 80; a real chip's vendor
+# profile has its own): LOCK ends personalisation and arms BAC with the MRZ information;
+# GENERATE AA KEY PAIR makes the chip's Active Authentication key, answering its public key.
+CLA_PROPRIETARY = 0x80
+INS_LOCK = 0xE8
+INS_GENERATE_AA_KEY = 0x46
+
+
+def lock(mrz_information: str) -> Command:
+    return Command(CLA_PROPRIETARY, INS_LOCK, 0x00, 0x00, mrz_information.encode("ascii"))
+
+
+def generate_aa_key() -> Command:
+    return Command(CLA_PROPRIETARY, INS_GENERATE_AA_KEY, 0x00, 0x00, le=256)
 
 
 def external_authenticate(cryptogram: bytes) -> Command:

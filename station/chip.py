@@ -5,18 +5,29 @@ A card printer's contactless encoder is a PC/SC reader; the controller drives it
 (tests and the demo: pcscd's virtual reader ``vpcd`` with the emulated chip of
 ``drivers/chip/emulator.py``). One card, in order:
 
+0. with Active Authentication (``encode_with_active_authentication``): SELECT the
+   application and GENERATE AA KEY PAIR (the profile's ``apdu.generate_aa_key``): the chip makes
+   its ECDSA P-256 key pair inside and answers the public key, which goes into DG15 and so
+   into the signed EF.SOD (the files are built only now, from it);
 1. **personalise**: SELECT the LDS application (``lds.AID``), then for each file CREATE
    FILE, UPDATE BINARY in chunks (``CHUNK_BYTES``), as the chip's personalisation profile
    allows before it is locked;
 2. **lock**: the profile's LOCK command with the MRZ information, after which the chip
-   answers reads only through Basic Access Control (``LOCK`` below: the emulated chip's
+   answers reads only through Basic Access Control (``apdu.lock``: the emulated chip's
    profile; a real chip's vendor profile plugs in here);
 3. **read back** like an inspection system: SELECT the application, GET CHALLENGE,
    EXTERNAL AUTHENTICATE with the keys from the MRZ (``station/bac.py``), then every file
-   through secure messaging;
+   through secure messaging; with Active Authentication (ICAO 9303-11 §6.1), INTERNAL
+   AUTHENTICATE with a random 8-byte challenge, its signature checked with the key of the
+   DG15 read back (as an inspection system would, not the key the chip answered in step 0);
 4. **verify**: each file read back equals what was written, and passive authentication of
    the read-back set passes (``station/chip_verify.py``: hashes and the SOD signature, the
    chain when a CSCA is given).
+
+Active Authentication here is ECDSA only: the signature is the plain r || s of BSI
+TR-03111 over SHA-256 of the challenge. 9303-11 wants DG14's ActiveAuthenticationInfo to name
+that algorithm for an ECDSA key; DG14 is not written yet (``lds.py``), so an inspection
+system other than this one must assume ECDSA-with-SHA-256 for now.
 
 Any failure on the way is ``encoding_failed`` (the card is rejected and the print queue
 retries on a new one); a reader that is not there is ``device_error`` (the queue waits).
@@ -24,10 +35,16 @@ retries on a new one); a reader that is not there is ``device_error`` (the queue
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from station import apdu, bac, chip_verify, lds
 from station.apdu import Command, Response
@@ -36,8 +53,11 @@ from station.errors import DeviceError, StationError
 log = logging.getLogger("station.chip")
 
 CHUNK_BYTES = 223  # UPDATE / READ BINARY data per APDU: short lengths, room for secure messaging
-LOCK = Command(0x80, 0xE8, 0x00, 0x00)  # + the 24-character MRZ information (the emulated chip's profile)
+AA_CHALLENGE_LENGTH = 8
 CARD_WAIT_S = 5.0
+
+# A chip's files, built once its Active Authentication public key is known (DG15).
+FilesFor = Callable[[ec.EllipticCurvePublicKey], Mapping[str, bytes]]
 
 
 class EncodingFailed(StationError):
@@ -52,6 +72,7 @@ class Encoded:
     files: dict[str, bytes]
     seconds: dict[str, float] = field(default_factory=dict)
     verification: dict[str, Any] = field(default_factory=dict)
+    active_authentication: bool = False  # INTERNAL AUTHENTICATE verified with the DG15 read back
 
 
 class ChipEncoder:
@@ -123,38 +144,80 @@ class ChipEncoder:
                 self._expect_ok(self.transmit(apdu.update_binary(offset, data[offset:offset + CHUNK_BYTES])),
                                 f"UPDATE BINARY {name} at {offset}")
 
-    def lock(self, mrz_information: str) -> None:
-        command = Command(LOCK.cla, LOCK.ins, LOCK.p1, LOCK.p2, mrz_information.encode("ascii"))
-        self._expect_ok(self.transmit(command), "LOCK (end of personalisation)")
+    def generate_aa_key(self) -> ec.EllipticCurvePublicKey:
+        """The chip's new Active Authentication public key (its private key stays inside)."""
+        self._expect_ok(self.transmit(apdu.select_application(lds.AID)), "SELECT the LDS application")
+        answer = self._expect_ok(self.transmit(apdu.generate_aa_key()), "GENERATE AA KEY PAIR")
+        try:
+            key = serialization.load_der_public_key(answer.data)
+        except ValueError as exc:
+            raise EncodingFailed(f"GENERATE AA KEY PAIR answered no SubjectPublicKeyInfo ({exc})") from None
+        if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
+            raise EncodingFailed(f"GENERATE AA KEY PAIR answered a {type(key).__name__} other than P-256: "
+                                 "Active Authentication here is ECDSA P-256")
+        return key
 
-    def read_back(self, mrz_information: str, names: list[str]) -> dict[str, bytes]:
-        """Every file, as an inspection system reads it: BAC, then secure messaging."""
+    def lock(self, mrz_information: str) -> None:
+        self._expect_ok(self.transmit(apdu.lock(mrz_information)), "LOCK (end of personalisation)")
+
+    def read_back(self, mrz_information: str, names: list[str], *,
+                  active_authentication: bool = False) -> dict[str, bytes]:
+        """Every file, as an inspection system reads it: BAC, then secure messaging; then,
+        with ``active_authentication``, the chip proves it holds DG15's private key."""
         self._expect_ok(self.transmit(apdu.select_application(lds.AID)), "SELECT the LDS application")
         challenge = self._expect_ok(self.transmit(apdu.get_challenge()), "GET CHALLENGE").data
         terminal = bac.TerminalAuthentication(bac.AccessKeys.from_mrz_information(mrz_information), challenge)
         answer = self._expect_ok(self.transmit(terminal.command()), "EXTERNAL AUTHENTICATE (BAC with the MRZ keys)")
         try:
             channel = terminal.open_channel(answer.data)
-            return {name: self._read_file(channel, name) for name in names}
+            files = {name: self._read_file(channel, name) for name in names}
+            if active_authentication:
+                self._active_authentication(channel, files)
+            return files
         except bac.SecureMessagingError as exc:
             raise EncodingFailed(f"secure messaging with the chip failed: {exc.message}") from None
 
-    def _read_file(self, channel: bac.SecureChannel, name: str) -> bytes:
-        def protected(command: Command, what: str) -> Response:
-            return self._expect_ok(channel.unprotect(self.transmit(channel.protect(command))), what)
+    def _protected(self, channel: bac.SecureChannel, command: Command, what: str) -> Response:
+        return self._expect_ok(channel.unprotect(self.transmit(channel.protect(command))), what)
 
-        protected(apdu.select_file(lds.FILES[name].file_id), f"SELECT {name}")
-        head = protected(apdu.read_binary(0, 4), f"READ BINARY {name}").data
+    def _read_file(self, channel: bac.SecureChannel, name: str) -> bytes:
+        self._protected(channel, apdu.select_file(lds.FILES[name].file_id), f"SELECT {name}")
+        head = self._protected(channel, apdu.read_binary(0, 4), f"READ BINARY {name}").data
         _, _, end = _tlv_extent(head)
         data = bytearray(head)
         while len(data) < end:
             want = min(CHUNK_BYTES, end - len(data))
-            data += protected(apdu.read_binary(len(data), want), f"READ BINARY {name} at {len(data)}").data
+            data += self._protected(channel, apdu.read_binary(len(data), want),
+                                    f"READ BINARY {name} at {len(data)}").data
         return bytes(data[:end])
+
+    def _active_authentication(self, channel: bac.SecureChannel, files: Mapping[str, bytes]) -> None:
+        """INTERNAL AUTHENTICATE with a fresh challenge, checked with the DG15 read back."""
+        if "DG15" not in files:
+            raise EncodingFailed("Active Authentication is on but the chip has no DG15 (its public key)")
+        key = aa_public_key(files["DG15"])
+        challenge = secrets.token_bytes(AA_CHALLENGE_LENGTH)
+        command = apdu.internal_authenticate(challenge)
+        signature = self._protected(channel, command, "INTERNAL AUTHENTICATE (Active Authentication)").data
+        if not verify_aa_signature(key, challenge, signature):
+            raise EncodingFailed("Active Authentication failed: the chip's INTERNAL AUTHENTICATE signature does "
+                                 "not verify with the DG15 public key read back (a chip that does not hold "
+                                 "DG15's private key: a cloned or faulty chip)")
 
     def encode(self, files: Mapping[str, bytes], mrz_information: str, csca: Path | None = None) -> Encoded:
         """Personalise, lock, read back and verify one card; ``EncodingFailed`` otherwise."""
-        result = Encoded(dict(files))
+        return self._encode(lambda _key: files, mrz_information, csca, active_authentication=False)
+
+    def encode_with_active_authentication(self, files_for: FilesFor, mrz_information: str,
+                                          csca: Path | None = None) -> Encoded:
+        """``encode`` for a chip with Active Authentication: the chip generates its key pair
+        first, ``files_for(public_key)`` builds the files with it in DG15 (and so in the
+        signed EF.SOD), and the read-back ends with INTERNAL AUTHENTICATE."""
+        return self._encode(files_for, mrz_information, csca, active_authentication=True)
+
+    def _encode(self, files_for: Callable[[ec.EllipticCurvePublicKey | None], Mapping[str, bytes]],
+                mrz_information: str, csca: Path | None, *, active_authentication: bool) -> Encoded:
+        result = Encoded({})
         clock = time.perf_counter()
 
         def lap(name: str) -> None:
@@ -165,10 +228,15 @@ class ChipEncoder:
 
         self.connect()
         try:
+            aa_key = None
+            if active_authentication:
+                aa_key = self.generate_aa_key()
+                lap("generate_aa_key")
+            files = result.files = dict(files_for(aa_key))
             self.personalize(files)
             lap("personalize")
             self.lock(mrz_information)
-            read = self.read_back(mrz_information, list(files))
+            read = self.read_back(mrz_information, list(files), active_authentication=active_authentication)
             lap("read_back")
         finally:
             self.close()
@@ -176,6 +244,7 @@ class ChipEncoder:
         if changed:
             raise EncodingFailed(f"the chip gave back other bytes than written for {', '.join(changed)}")
         result.verification = verify_files(read, csca)
+        result.active_authentication = active_authentication
         lap("verify")
         return result
 
@@ -201,6 +270,31 @@ def _tlv_extent(head: bytes) -> tuple[int, int, int]:
         raise EncodingFailed(f"a file's length field {head[:4].hex()} is not a BER length")
     size = int.from_bytes(head[2:2 + count], "big")
     return head[0], 2 + count, 2 + count + size
+
+
+def aa_public_key(dg15: bytes) -> ec.EllipticCurvePublicKey:
+    """The ECDSA Active Authentication public key of a DG15; ``EncodingFailed`` otherwise."""
+    try:
+        key = serialization.load_der_public_key(lds.read_file("DG15", dg15))
+    except (lds.LdsError, ValueError) as exc:
+        raise EncodingFailed(f"DG15 read back holds no public key: {exc}") from None
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise EncodingFailed(f"DG15 holds a {type(key).__name__}; Active Authentication here is ECDSA only")
+    return key
+
+
+def verify_aa_signature(key: ec.EllipticCurvePublicKey, challenge: bytes, signature: bytes) -> bool:
+    """Whether ``signature`` (plain r || s, BSI TR-03111) is the ECDSA signature of
+    SHA-256(``challenge``) by ``key``."""
+    half = (key.curve.key_size + 7) // 8
+    if len(signature) != 2 * half:
+        return False
+    r, s = int.from_bytes(signature[:half], "big"), int.from_bytes(signature[half:], "big")
+    try:
+        key.verify(encode_dss_signature(r, s), challenge, ec.ECDSA(hashes.SHA256()))
+    except InvalidSignature:
+        return False
+    return True
 
 
 def verify_files(files: Mapping[str, bytes], csca: Path | None = None) -> dict[str, Any]:

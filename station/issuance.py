@@ -219,7 +219,8 @@ class PrintQueue:
         return self.call(cmd, args, payloads, float(self.settings["step_timeout_s"]))
 
     def _encode(self, job: PrintJob) -> dict[str, Any]:
-        """The chip: personalised, locked, read back through BAC and verified (``chip.py``)."""
+        """The chip: personalised, locked, read back through BAC and verified (``chip.py``);
+        with ``active_authentication``, its own key pair in DG15, proven on read-back."""
         settings = self.settings["chip"]
         if settings["encoder"] == "none":
             return {"chip": "none"}
@@ -228,12 +229,17 @@ class PrintQueue:
         data = cards.CardData.from_bytes(self.store.print_card(job.job_id))
         if not data.chip_portrait:
             raise StationError("the card has no chip portrait (the camera's portrait-chip image)", code="bad_record")
-        files = lds.lds_files(data, data.chip_portrait, self._document_signer(settings))
+        signer = self._document_signer(settings)
         line1, line2, _ = cards.mrz_lines(data)
+        mrz_information, csca = bac.mrz_information_from_td1(line1, line2), settings["csca"] or None
         encoder = chip.ChipEncoder(settings["reader"], card_wait_s=float(settings["card_wait_s"]))
-        encoded = encoder.encode(files, bac.mrz_information_from_td1(line1, line2), settings["csca"] or None)
-        return {"chip": "verified", "files": sorted(files), "seconds": encoded.seconds,
-                "chain_checked": bool(settings["csca"])}
+        if settings["active_authentication"]:  # the chip's AA key first: DG15 is in the signed EF.SOD
+            encoded = encoder.encode_with_active_authentication(
+                lambda aa_key: lds.lds_files(data, data.chip_portrait, signer, aa_key), mrz_information, csca)
+        else:
+            encoded = encoder.encode(lds.lds_files(data, data.chip_portrait, signer), mrz_information, csca)
+        return {"chip": "verified", "files": sorted(encoded.files), "seconds": encoded.seconds,
+                "chain_checked": bool(settings["csca"]), "active_authentication": encoded.active_authentication}
 
     def _document_signer(self, settings: Mapping[str, Any]) -> Any:
         from station import pki

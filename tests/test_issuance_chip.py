@@ -11,6 +11,7 @@ import subprocess
 import pytest
 
 from station import chip_verify, lds, pki
+from station.chip import aa_public_key
 from tests.chip.pcsc import pcscd_fixture
 from tests.station_harness import BIN, Station, applicant
 from tests.test_issuance import POLICY, enroll as enroll_applicant
@@ -24,9 +25,11 @@ def issuing(provisioned, ctx, pcscd, tmp_path):
     authority = pki.init_test(tmp_path / "pki")
     stations = []
 
-    def make(chip_faults: str = "", faults_card: int | None = None) -> tuple[Station, pki.TestPki]:
+    def make(chip_faults: str = "", faults_card: int | None = None,
+             active_authentication: bool = False) -> tuple[Station, pki.TestPki]:
         chip = {"encoder": "pcsc", "reader": pcscd.reader(0), "card_wait_s": 5, "csca": str(authority.csca_cert),
-                "document_signer": {"key": str(authority.ds_key), "certificate": str(authority.ds_cert)}}
+                "document_signer": {"key": str(authority.ds_key), "certificate": str(authority.ds_cert)},
+                "active_authentication": active_authentication}
         args = ["--chip-port", str(pcscd.port(0))]
         if chip_faults:
             args += ["--chip-faults", chip_faults]
@@ -83,6 +86,19 @@ def test_a_card_is_printed_only_after_its_chip_read_back_through_bac_verifies(is
     assert verified.returncode == 0, verified.stdout + verified.stderr
 
 
+def test_with_active_authentication_the_chip_gets_its_key_in_dg15_and_proves_it(issuing):
+    station, authority = issuing(active_authentication=True)
+    job = finished(station, enroll(station, 24))
+    assert (job["state"], job["attempt"], job["spoiled"]) == ("done", 1, [])
+    (encoded,) = [e["body"] for e in encode_events(station, job["job"]) if e["topic"] == "station.print.encode"]
+    assert encoded["chip"] == "verified" and encoded["active_authentication"] is True
+    assert encoded["files"] == sorted(["EF.COM", "DG1", "DG2", "DG13", "DG15", "EF.SOD"])
+    chip = station.cards / "chips" / "card-0001"
+    assert aa_public_key((chip / "DG15").read_bytes()).curve.name == "secp256r1"
+    result = chip_verify.verify_directory(chip, pki.load_certificate(authority.csca_cert))
+    assert result.valid and result.chain_checked, result.report()
+
+
 @pytest.mark.parametrize("fault", ["fail_write=3", "tear_write=2", "wrong_mrz=1"],
                          ids=["a write that fails", "chip removed mid-write", "wrong MRZ on read-back"])
 def test_a_chip_fault_rejects_that_card_and_the_next_card_is_printed_with_a_good_chip(issuing, fault):
@@ -103,5 +119,6 @@ def test_a_chip_that_fails_on_every_card_rejects_the_job_and_prints_nothing(issu
     station, _ = issuing("fail_write=1")
     job = finished(station, enroll(station, 23))
     assert job["state"] == "rejected" and job["spoiled"] == ["encoding_failed"] * 3
-    counters = printer_counters(station)
-    assert (counters["printed"], counters["rejected"]) == (0, 3)
+    # the last spoiled card goes to the hopper right after the job ended
+    counters = station.wait_for(lambda: (c := printer_counters(station))["rejected"] == 3 and c, 30)
+    assert counters["printed"] == 0

@@ -31,6 +31,15 @@ Commands (CLA 00 unless said; SW 9000 on success):
     GET CHALLENGE   84 00 00 08      RND.IC for BAC
     EXT. AUTH.      82 00 00 28 <E.IFD||M.IFD> 28   BAC mutual authentication (locked chip)
     LOCK (CLA 80)   E8 00 00 18 <MRZ information>   ends personalization (below)
+    GENERATE AA KEY PAIR (CLA 80)  46 00 00 Le   before LOCK, once: the chip generates its
+                                     Active Authentication key pair (ECDSA P-256) inside and
+                                     answers the public key's SubjectPublicKeyInfo (DER, 91
+                                     bytes; Le 00 or at least 91); the private key never leaves
+    INT. AUTH.      88 00 00 08 <challenge> Le   Active Authentication (ICAO 9303-11 §6.1),
+                                     through secure messaging only (after LOCK and BAC): the
+                                     ECDSA signature of SHA-256(challenge) with the AA key, in
+                                     the plain format of BSI TR-03111 (r || s, 32 bytes each,
+                                     64 in all; Le 00 or at least 64)
 
 A READ BINARY with Le 00 (or 0000) reads what is left of the file, up to 256 (65536)
 bytes, with 9000; an explicit Le past the end reads what is left with 6282.
@@ -41,9 +50,11 @@ exists, 6A84 not enough memory (the chip's, or the file's for a write past its e
 bad data (FCP, offset DO, MRZ check digits), 6B00 offset beyond the file, 6986 no current
 EF, 6581 memory failure (fault), 6982 security status not satisfied (a plain read of a
 locked chip, secure messaging without BAC), 6985 conditions of use not satisfied (writing
-a locked chip, a second LOCK, EXTERNAL AUTHENTICATE before LOCK or without a challenge),
-6300 authentication failed, 6987 a plain APDU in a BAC session, 6988 a protected APDU
-that does not verify (both end the session).
+a locked chip, a second LOCK, EXTERNAL AUTHENTICATE before LOCK or without a challenge,
+GENERATE AA KEY PAIR after LOCK or a second time, INTERNAL AUTHENTICATE on a chip without an
+AA key), 6982 also for INTERNAL AUTHENTICATE in plain, 6300 authentication failed, 6987 a
+plain APDU in a BAC session, 6988 a protected APDU that does not verify (both end the
+session).
 
 Personalization: until LOCK, files are created and written freely and read in plain.
 LOCK's data is the 24-character MRZ information (document number, date of birth, date of
@@ -62,6 +73,8 @@ Faults, from a spec string (``ChipFaults.parse``, ``ChipEmulator(faults=...)``):
                    document number changed, its check digit recomputed): the chip keys
                    BAC to a document that was never printed, so a reader using the
                    printed MRZ fails EXTERNAL AUTHENTICATE with 6300
+    aa_wrong_key=1 INTERNAL AUTHENTICATE signs with another key than the one whose public
+                   key GENERATE AA KEY PAIR answered: the signature does not verify against DG15
 
 ``remove()`` may be called at any time from any thread.
 """
@@ -78,6 +91,10 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
+
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from drivers.emulation import FaultSpec, wait_for_stop
 from station import apdu
@@ -104,7 +121,10 @@ FIELD_GAP_S = 1.0
 
 MF_ID = 0x3F00
 CLA_PROPRIETARY = 0x80
-INS_LOCK = 0xE8
+AA_CURVE = ec.SECP256R1()
+AA_PUBLIC_KEY_LENGTH = 91  # the DER SubjectPublicKeyInfo of a P-256 key (an uncompressed point)
+AA_SIGNATURE_HALF = 32  # r and s of a P-256 signature, each a 32-byte big-endian integer
+AA_CHALLENGE_LENGTH = 8  # ICAO 9303-11 §6.1: the inspection system's 8-byte random challenge
 SM_CLA_BITS = 0x0C
 TAG_SFI = 0x88
 MRZ_INFORMATION_LENGTH = 24
@@ -138,11 +158,12 @@ class CardError(Exception):
 
 @dataclass(frozen=True)
 class ChipFaults(FaultSpec):
-    counts: ClassVar[tuple[str, ...]] = ("fail_write", "tear_write", "wrong_mrz", "seed")
+    counts: ClassVar[tuple[str, ...]] = ("fail_write", "tear_write", "wrong_mrz", "aa_wrong_key", "seed")
     fail_write: int = 0
     tear_write: int = 0
     write_s: float = 0.0
     wrong_mrz: int = 0  # 0 or 1: LOCK keeps a mistyped MRZ
+    aa_wrong_key: int = 0  # 0 or 1: INTERNAL AUTHENTICATE signs with another key than DG15's
     seed: int = 0  # accepted so a station-wide spec parses; nothing here is random
 
 
@@ -203,7 +224,8 @@ Answer = tuple[bytes, Status]
 class Card:
     """The chip: a pure state machine, an APDU in, the response APDU out.
 
-    Persistent (EEPROM): the files, the lifecycle, the BAC keys. Volatile (lost on power
+    Persistent (EEPROM): the files, the lifecycle, the BAC keys, the Active Authentication
+    private key (generated inside, never answered). Volatile (lost on power
     off or reset): the current DF and EF, the challenge, the BAC session. ``random`` gives
     RND.IC and K.IC (the ICAO worked example injects its published values)."""
 
@@ -217,6 +239,7 @@ class Card:
         self.lifecycle = Lifecycle.PERSONALIZATION
         self.mrz_information: str | None = None
         self.keys: AccessKeys | None = None
+        self.aa_key: ec.EllipticCurvePrivateKey | None = None
         self.stats = CardStats()
         self.reset()
 
@@ -256,6 +279,7 @@ class Card:
             "current_df": self.current_df.name,
             "current_ef": f"{self.current_ef.file_id:04X}" if self.current_ef else None,
             "bac_session": self.session is not None,
+            "aa_key": self.aa_key is not None,
             "faults": str(self.faults),
             **asdict(self.stats),
         }
@@ -300,13 +324,17 @@ class Card:
 
     def _execute(self, command: Command, *, secure: bool = False) -> Answer:
         if command.cla == CLA_PROPRIETARY:
-            if command.ins != INS_LOCK:
-                raise CardError(Status.INS_NOT_SUPPORTED, f"INS {command.ins:02X} is not a proprietary command")
-            return self._lock(command)
+            if command.ins == apdu.INS_LOCK:
+                return self._lock(command)
+            if command.ins == apdu.INS_GENERATE_AA_KEY:
+                return self._generate_aa_key(command)
+            raise CardError(Status.INS_NOT_SUPPORTED, f"INS {command.ins:02X} is not a proprietary command")
         if command.cla != 0x00:
             raise CardError(Status.CLA_NOT_SUPPORTED, f"CLA {command.cla:02X}")
         if command.ins in (apdu.INS_READ_BINARY, apdu.INS_READ_BINARY_ODD):
             return self._read_binary(command, secure)
+        if command.ins == apdu.INS_INTERNAL_AUTHENTICATE:
+            return self._internal_authenticate(command, secure)
         handler = {
             apdu.INS_SELECT: self._select,
             apdu.INS_CREATE_FILE: self._create_file,
@@ -486,6 +514,36 @@ class Card:
             raise CardError(Status(error.status), error.message) from None
         self.stats.authentications += 1
         return data, Status.OK
+
+    def _generate_aa_key(self, command: Command) -> Answer:
+        if self.locked:
+            raise CardError(Status.CONDITIONS_NOT_SATISFIED, "personalization is locked")
+        if self.aa_key is not None:
+            raise CardError(Status.CONDITIONS_NOT_SATISFIED, "the Active Authentication key pair exists already")
+        if command.p1 << 8 | command.p2:
+            raise CardError(Status.INCORRECT_P1_P2, "GENERATE AA KEY PAIR takes P1-P2 0000")
+        if command.data or command.le is None or command.le < AA_PUBLIC_KEY_LENGTH:
+            raise CardError(Status.WRONG_LENGTH, f"GENERATE AA KEY PAIR takes no data and answers "
+                                                 f"{AA_PUBLIC_KEY_LENGTH} bytes: Le 00")
+        self.aa_key = ec.generate_private_key(AA_CURVE)
+        public = self.aa_key.public_key().public_bytes(serialization.Encoding.DER,
+                                                       serialization.PublicFormat.SubjectPublicKeyInfo)
+        log.info("chip generated its Active Authentication key pair (ECDSA P-256)")
+        return public, Status.OK
+
+    def _internal_authenticate(self, command: Command, secure: bool) -> Answer:
+        if not secure:
+            raise CardError(Status.SECURITY_STATUS_NOT_SATISFIED, "INTERNAL AUTHENTICATE through BAC only")
+        if command.p1 << 8 | command.p2:
+            raise CardError(Status.INCORRECT_P1_P2, "INTERNAL AUTHENTICATE takes P1-P2 0000")
+        if len(command.data) != AA_CHALLENGE_LENGTH or command.le is None or command.le < 2 * AA_SIGNATURE_HALF:
+            raise CardError(Status.WRONG_LENGTH,
+                            f"INTERNAL AUTHENTICATE takes an {AA_CHALLENGE_LENGTH}-byte challenge, Le 00")
+        if self.aa_key is None:
+            raise CardError(Status.CONDITIONS_NOT_SATISFIED, "no Active Authentication key (GENERATE AA KEY PAIR)")
+        key = ec.generate_private_key(AA_CURVE) if self.faults.aa_wrong_key else self.aa_key
+        r, s = decode_dss_signature(key.sign(command.data, ec.ECDSA(hashes.SHA256())))
+        return r.to_bytes(AA_SIGNATURE_HALF, "big") + s.to_bytes(AA_SIGNATURE_HALF, "big"), Status.OK
 
     def _lock(self, command: Command) -> Answer:
         if self.locked:

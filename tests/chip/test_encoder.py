@@ -1,7 +1,7 @@
 """The chip encoder (``station/chip.py``) against the emulated chip through a real pcscd:
 a good chip is personalised, locked, read back through BAC and verified against the test
-CSCA; every chip fault ends in ``encoding_failed``, never in a silent success; a missing
-reader is ``device_error``."""
+CSCA, with Active Authentication when asked; every chip fault ends in ``encoding_failed``,
+never in a silent success; a missing reader is ``device_error``."""
 from __future__ import annotations
 
 import threading
@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 from tests.chip.chip_set import chip_portrait_jp2
 from tests.chip.pcsc import Pcscd, pcscd_fixture, wait_card
 from tests.printer.cards import make_card
@@ -17,7 +18,7 @@ from tests.printer.cards import make_card
 from drivers.chip.emulator import Card, ChipEmulator, ChipFaults, checked_mrz_information
 from station import apdu, bac, lds, pki
 from station.card import mrz_lines
-from station.chip import ChipEncoder, EncodingFailed
+from station.chip import ChipEncoder, EncodingFailed, FilesFor, aa_public_key, verify_aa_signature
 from station.errors import DeviceError
 
 pcscd = pcscd_fixture()
@@ -214,3 +215,70 @@ def test_wrong_mrz_locks_a_well_formed_other_mrz(card_files: tuple[dict[str, byt
         keys = bac.AccessKeys.from_mrz_information(mrz_information)
         terminal = bac.TerminalAuthentication(keys, send(apdu.get_challenge()).data)
         assert send(terminal.command()).sw == status
+
+
+# -- Active Authentication ---------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def files_for(test_pki: pki.TestPki) -> FilesFor:
+    """The test card's chip files with the chip's AA public key in DG15."""
+    card, portrait, signer = make_card(), chip_portrait_jp2(), test_pki.document_signer()
+    return lambda aa_key: lds.lds_files(card, portrait, signer, aa_key)
+
+
+def test_active_authentication_on_a_good_chip(pcscd: Pcscd, chip: ChipEmulator, test_pki: pki.TestPki,
+                                              files_for: FilesFor,
+                                              card_files: tuple[dict[str, bytes], str]) -> None:
+    _, information = card_files
+    insert(chip, pcscd)
+    encoded = ChipEncoder(pcscd.reader(0)).encode_with_active_authentication(files_for, information,
+                                                                            test_pki.csca_cert)
+    assert encoded.active_authentication
+    assert set(encoded.seconds) == {"generate_aa_key", "personalize", "read_back", "verify"}
+    assert encoded.verification["valid"], encoded.verification["verdict"]
+    assert "DG15" in encoded.verification["files"]
+    card = chip.card
+    assert card.locked and card.aa_key is not None
+    assert aa_public_key(card.file(lds.FILES["DG15"].file_id)).public_numbers() == \
+        card.aa_key.public_key().public_numbers()
+
+
+def test_active_authentication_with_a_chip_signing_with_another_key(
+        pcscd: Pcscd, chip: ChipEmulator, files_for: FilesFor, card_files: tuple[dict[str, bytes], str]) -> None:
+    _, information = card_files
+    insert(chip, pcscd, "aa_wrong_key=1")
+    with pytest.raises(EncodingFailed) as failure:
+        ChipEncoder(pcscd.reader(0)).encode_with_active_authentication(files_for, information)
+    assert failure.value.code == "encoding_failed" and failure.value.retryable
+    assert "Active Authentication failed" in failure.value.message and "DG15" in failure.value.message
+    assert chip.card.locked
+
+
+def test_internal_authenticate_only_through_bac(card_files: tuple[dict[str, bytes], str]) -> None:
+    """At the Card: the AA key is generated once and before LOCK only; after LOCK a plain
+    INTERNAL AUTHENTICATE answers 6982, one through secure messaging a signature that
+    verifies with the generated key."""
+    _, information = card_files
+    card = Card()
+
+    def send(command: apdu.Command) -> apdu.Response:
+        return apdu.Response.decode(card.process(command.encode()))
+
+    challenge = bytes(range(8))
+    internal_authenticate = apdu.Command(0x00, 0x88, 0x00, 0x00, challenge, le=256)
+    assert send(apdu.select_application(lds.AID)).ok
+    generated = send(apdu.generate_aa_key())
+    assert generated.ok
+    assert send(apdu.generate_aa_key()).sw == 0x6985  # once
+    assert send(internal_authenticate).sw == 0x6982  # in plain, before LOCK too
+    assert send(apdu.Command(0x80, 0xE8, 0x00, 0x00, information.encode())).ok
+    assert send(apdu.generate_aa_key()).sw == 0x6985  # not after LOCK
+    assert send(internal_authenticate).sw == 0x6982
+
+    terminal = bac.TerminalAuthentication(bac.AccessKeys.from_mrz_information(information),
+                                          send(apdu.get_challenge()).data)
+    channel = terminal.open_channel(send(terminal.command()).data)
+    answer = channel.unprotect(apdu.Response.decode(card.process(channel.protect(internal_authenticate).encode())))
+    assert answer.ok and len(answer.data) == 64
+    key = aa_public_key(lds.dg15(serialization.load_der_public_key(generated.data)))
+    assert verify_aa_signature(key, challenge, answer.data)
+    assert not verify_aa_signature(key, bytes(8), answer.data)
