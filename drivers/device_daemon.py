@@ -81,8 +81,9 @@ class DeviceDaemon(Daemon, ABC):
 
     # -- lifecycle --------------------------------------------------------------------------
     def setup(self) -> None:
-        self.set_state("offline", f"opening {self.describe()}")
-        self.supervise(time.monotonic())
+        if self.open_in_worker:  # the open takes a while: say so meanwhile
+            self.set_state("offline", f"opening {self.describe()}")
+        self.supervise(time.monotonic())  # an open in the main loop ends ready, or offline saying why
 
     def tick(self, now: float) -> None:
         self.supervise(now)
