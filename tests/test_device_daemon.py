@@ -200,7 +200,7 @@ def test_a_lost_device_fails_every_waiting_request_at_once_and_is_reopened(stand
     thread.join(10)
     assert outcome["error"].code == "device_error" and "went offline" in outcome["error"].message
     assert outcome["after_s"] < 5
-    assert daemon.opened[0].closed
+    wait_for(lambda: daemon.opened[0].closed)  # closed on the worker, after what it was doing
     wait_for(lambda: daemon.state == "ready" and len(daemon.opened) == 2)  # reopened after the first step
     assert daemon.supervisor.losses == 1
     client.close()
