@@ -11,9 +11,11 @@ PIP       := $(VENV)/bin/pip
 # scale-out collector's JetStream tests; iproute2: the uplink benchmark's emulated 4G link;
 # fonts: the card artwork (DejaVu for Vietnamese, OCR-B for the MRZ); pcscd, vsmartcard-vpcd,
 # pcsc-tools: the chip encoder's PC/SC stack and its virtual reader; libpcsclite-dev, swig:
-# to build pyscard; openssl: an independent check of the chip's certificates and EF.SOD.
+# to build pyscard; openssl: an independent check of the chip's certificates and EF.SOD;
+# chromium (+ libatomic1 for Playwright's driver): the console's browser tests, in Debian's
+# browser (nothing is downloaded); cage: the kiosk's compositor, for its unit check.
 DEBIAN_PACKAGES := python3-venv python3-dev gcc systemd procps nats-server iproute2 fonts-dejavu-core fonts-ocr-b \
-                   pcscd vsmartcard-vpcd pcsc-tools libpcsclite-dev swig openssl
+                   pcscd vsmartcard-vpcd pcsc-tools libpcsclite-dev swig openssl chromium libatomic1 cage
 SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test system-deps bench clean

@@ -10,6 +10,7 @@ setup(
         "station",
         "station.defaults",
         "station.collector",
+        "station.console",
         "drivers",
         "drivers.camera",
         "drivers.fingerprint",
@@ -19,7 +20,8 @@ setup(
     # The packaged default configuration lives in config/ at the top of the tree (where a
     # field engineer looks for it) and travels inside the wheel as station.defaults.
     package_dir={"station.defaults": "config"},
-    package_data={"station.defaults": ["*.yaml"], "station": ["schemas/*.yaml"]},
+    package_data={"station.defaults": ["*.yaml"], "station": ["schemas/*.yaml"],
+                  "station.console": ["static/*", "i18n/*.yaml"]},
     install_requires=[
         "pyzmq",
         "pyserial",
@@ -38,6 +40,8 @@ setup(
         "segno",
         "asn1crypto",
         "pyscard",
+        "aiohttp",
+        "argon2-cffi",
     ],
     extras_require={
         "test": [
@@ -48,6 +52,7 @@ setup(
             "nistitl==0.6",
             "hypothesis",
             "mrz",
+            "playwright",
         ],
     },
     entry_points={
@@ -56,6 +61,7 @@ setup(
             "stationctl = station.cli:main",
             "station-controller = station.controller:main",
             "station-uplink = station.uplink:main",
+            "station-console = station.console.daemon:main",
             "station-collector = station.collector.main:main",
             "station-camerad = drivers.camera.daemon:main",
             "station-fingerprintd = drivers.fingerprint.daemon:main",

@@ -16,6 +16,8 @@
   stationctl print retry JOB | cancel JOB      print a rejected card again / withdraw a job
   stationctl pki init-test DIR [--country VN]  a throwaway test CSCA and Document Signer (keys 0600)
   stationctl chip verify DIR [--csca CERT] [--json]   passive authentication of a chip's files
+  stationctl console add-user NAME [--role officer|engineer] [--language vi|en] [--password-stdin]
+  stationctl console users | remove-user NAME | unlock NAME    the console's local accounts
 """
 from __future__ import annotations
 
@@ -395,6 +397,35 @@ def cmd_chip_verify(args: argparse.Namespace) -> int:
     return 0 if result.valid else 1
 
 
+def cmd_console(args: argparse.Namespace) -> int:
+    """The console's local accounts (the console reads the file at every sign-in)."""
+    import getpass
+    from station.console.accounts import Accounts
+    from station.console.daemon import accounts_path
+    accounts = Accounts(accounts_path(_paths(args)))
+    if args.action == "users":
+        for account in accounts:
+            locked = " (locked)" if account.locked_until > time.time() else ""
+            print(f"{account.name}\t{account.role}\t{account.language}\t{account.display_name}{locked}")
+        return 0
+    if args.action == "remove-user":
+        accounts.remove(args.name)
+    elif args.action == "unlock":
+        accounts.unlock(args.name)
+    else:
+        if args.password_stdin:
+            password = sys.stdin.readline().rstrip("\n")
+        else:
+            password = getpass.getpass(f"password for {args.name}: ")
+            if getpass.getpass("again: ") != password:
+                print("stationctl: the passwords differ", file=sys.stderr)
+                return 1
+        accounts.add(args.name, password, role=args.role, language=args.language,
+                     display_name=args.display_name, replace_existing=args.replace)
+    print(f"{args.action} {args.name}: done")
+    return 0
+
+
 def cmd_emulate(args: argparse.Namespace, rest: list[str]) -> int:
     if args.device == "fingerprint":
         from drivers.fingerprint import emulator
@@ -513,6 +544,21 @@ def build_parser() -> argparse.ArgumentParser:
                              add_help=False)
     emulate.add_argument("device", choices=["fingerprint", "camera", "printer"])
     emulate.set_defaults(func=None)
+
+    console = sub.add_parser("console", help="the console's local operator accounts")
+    console_sub = console.add_subparsers(dest="action", required=True)
+    add = console_sub.add_parser("add-user", help="add (or with --replace change) an operator account")
+    add.add_argument("name")
+    add.add_argument("--role", choices=["officer", "engineer"], default="officer")
+    add.add_argument("--language", choices=["vi", "en"], default="vi")
+    add.add_argument("--display-name", default="")
+    add.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
+    add.add_argument("--replace", action="store_true")
+    console_sub.add_parser("users", help="list the accounts (never their hashes)")
+    for action, text in (("remove-user", "remove an account"), ("unlock", "unlock an account locked by failed sign-ins")):
+        one = console_sub.add_parser(action, help=text)
+        one.add_argument("name")
+    console.set_defaults(func=cmd_console)
     return parser
 
 

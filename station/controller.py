@@ -12,6 +12,8 @@ Commands on ``controller.cmd`` (operators, the console, the demo, ``stationctl``
 
 ``session.start {applicant, operator}``          -> the session (demographics validated)
 ``session.get {session}`` / ``session.list``     -> where a session is (after a restart too)
+``session.review {session}``                     -> the session with the applicant's demographics and
+                                                    the record portrait (payload), for the officer's check
 ``session.portrait {session}``                   -> portrait quality (images kept, encrypted)
 ``session.finger {session, position}``           -> the kept impression's scores
 ``session.exception {session, position, reason}`` / ``session.exception_photo {session}``
@@ -100,6 +102,7 @@ class Controller(Daemon):
              ("applicant", "operator")),
             ("session.get", self._cmd_get, session, ("session",)),
             ("session.list", self._cmd_list, None, ()),
+            ("session.review", self._cmd_review, session, ("session",)),
             ("session.portrait", self._cmd_portrait, session, ("session",)),
             ("session.exception_photo", self._cmd_exception_photo, session, ("session",)),
             ("session.finger", self._cmd_finger, {**session, **position}, ("session", "position")),
@@ -354,6 +357,15 @@ class Controller(Daemon):
     def _cmd_list(self, request: Request) -> dict:
         return {"sessions": [s.view() for s in sorted(self.sessions.values(), key=lambda s: s.started_ns)]}
 
+    def _cmd_review(self, request: Request) -> None:
+        """What the officer checks before finish: the session, the applicant's demographics
+        and the record portrait (payload ``portrait.jpg``) for the officer's screen only."""
+        session = self._session(request, idle=False)
+        images = {}
+        if session.portrait is not None:
+            images["portrait.jpg"] = self.store.capture(session.session_id, session.portrait.images[0])
+        request.reply({**session.view(), "applicant": dict(session.applicant)}, images)
+
     def _in_worker(self, request: Request, session: Session, job: Callable[[], Any],
                    finish: Callable[[Any], dict], *, committed_by_job: bool = False) -> None:
         """Run ``job`` (blocking calls to drivers, sealing) in the worker; persist and answer
@@ -441,7 +453,7 @@ class Controller(Daemon):
             self._save(updated, f"station.enrollment.{what}.captured", figures, f"session.{what}",
                        captures={n: bytes(reply.payload(m)) for n, m in zip(names, sent)},
                        actor=self._actor(request))
-            return {**updated.view(), "hint": result.get("hint"), **figures}
+            return {**updated.view(), "hint": result.get("hint"), "hint_code": result.get("hint_code"), **figures}
 
         self._in_worker(request, session, lambda: self._call_driver(request, camera, "capture", {"mode": mode}),
                         finish)

@@ -73,6 +73,7 @@ class Daemon:
                                       max_bytes=self.max_request_bytes, zap_domain=peers.COMMANDS)
         self.commands.register("state", self._cmd_state)
         self.commands.register("ping", lambda request: {"pong": True, "boot": self.boot})
+        self.commands.register("reload", self._cmd_reload)
         self._readers: dict[Any, Callable[[], None]] = {}
         self._poller = zmq.Poller()
         self.add_reader(self.zap.socket, self.zap.handle_ready)
@@ -166,14 +167,21 @@ class Daemon:
     def _cmd_state(self, request: Request) -> dict:
         return self.snapshot()
 
+    def _cmd_reload(self, request: Request) -> dict:
+        """SIGHUP over the bus, for the console's engineer page: the config applied, or
+        rejected with every problem (the running one stays)."""
+        problems = self.reload()
+        return {"applied": not problems, "problems": problems}
+
     def request_stop(self, *_: Any) -> None:
         self._stop_requested = True
 
     def request_reload(self, *_: Any) -> None:
         self._reload_requested = True
 
-    def reload(self) -> bool:
-        """Load the config again; apply it if valid, else keep the old and say why."""
+    def reload(self) -> list[str]:
+        """Load the config again; apply it if valid, else keep the old and say why (the
+        problems returned; none when it applied)."""
         self.notifier.reloading()
         try:
             new = self.load_config()
@@ -185,13 +193,12 @@ class Daemon:
             problems = exc.problems if isinstance(exc, ConfigError) else [exc.message]
             self.log.error("configuration rejected, keeping the running one:\n  %s", "\n  ".join(problems))
             self.events.publish("config.rejected", {"problems": problems})
-            accepted = False
         else:
+            problems = []
             self.log.info("configuration reloaded")
             self.events.publish("config.applied", {})
-            accepted = True
         self.notifier.send("READY=1", f"STATUS={self.state}")
-        return accepted
+        return problems
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self.request_stop)

@@ -18,6 +18,15 @@ plays the issuing authority too: a TEST CSCA and Document Signer (``station/pki.
 ``state/pki`` sign every chip. Each printed card's chip files are copied to
 ``DIR/cards/<record>/chip/`` and checked as anyone holding the card would check them,
 with ``stationctl chip verify`` against the test CSCA. ``--no-chip`` prints cards without.
+
+``--console`` also starts the officer's web console (``station-console``) on a loopback
+port, makes a demo officer and a demo field engineer account with random passwords, prints
+the URL and both sign-ins, enrolls the ``--applicants`` given (none by default) and then
+keeps the station running until Ctrl-C or SIGTERM, so a newcomer can enroll someone by
+hand. The demo plays the applicant at the scanner: each time the fingerprint daemon asks
+for a finger, it puts that position's finger of the session's applicant on the emulated
+sensor (and lifts it after the capture). On stop it shuts everything down and still checks
+and summarises the automatic applicants.
 """
 from __future__ import annotations
 
@@ -25,12 +34,14 @@ import argparse
 import json
 import os
 import random
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import sysconfig
 import tempfile
+import threading
 import time
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -43,7 +54,8 @@ import zmq
 from drivers.chip.pcscd import Pcscd, PcscdError
 from drivers.emulation import send_command
 from station import demographics, keyring, pki
-from station.bus import CommandClient
+from station.bus import CommandClient, Subscriber
+from station.enrollment import FINGER_NAMES
 from station.errors import StationError
 from station.paths import Paths
 from station.outbox import Outbox
@@ -60,6 +72,11 @@ READY_TIMEOUT_S = 60.0
 DELIVERY_TIMEOUT_S = 120.0
 PRINT_TIMEOUT_S = 120.0
 CHIP_VERIFY_TIMEOUT_S = 60.0
+# --console: the demo's operator accounts (name, role, page language, display name)
+CONSOLE_ACCOUNTS = (("demo", "officer", "vi", "Cán bộ demo"), ("kythuat", "engineer", "en", "Kỹ thuật viên demo"))
+AUTO_FINGER_DELAY_S = 0.8  # the applicant's hand reaching the glass: the page shows "place finger" meanwhile
+PASSWORD_ALPHABET = "abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # none read as another
+LIFTED_S = 86000  # "no finger" until the scanner asks again (the emulator's limit is a day)
 
 
 @dataclass
@@ -169,9 +186,88 @@ def make_applicant(rng: random.Random, number: int) -> dict[str, Any]:
     }
 
 
+class AutoFinger(threading.Thread):
+    """The applicant at the scanner while an officer enrolls through the console: when the
+    fingerprint daemon asks for a finger (its ``place_finger`` event), put that position's
+    finger of the session's applicant on the emulated sensor (a new applicant for each
+    session the controller starts); after the capture, lift it, so the next position is
+    never imaged from the finger before."""
+
+    def __init__(self, ctx: zmq.Context, paths: Paths, control: Path, seed: int, say: Any, scanner: str = "fp0",
+                 controller: str = "controller"):
+        super().__init__(name="demo-auto-finger", daemon=True)
+        self.ctx, self.control, self.say = ctx, control, say
+        self.endpoints = [paths.pub(scanner), paths.pub(controller)]
+        self.topics = (f"fingerprint.{scanner}.", "station.enrollment.session.started")
+        self.rng = random.Random(seed)
+        self.applicant = self.rng.randrange(1 << 30)
+        self.placed = 0
+        self.error = ""
+        self._stopping = threading.Event()
+        self._subscribed = threading.Event()
+
+    def start(self) -> None:
+        super().start()
+        self._subscribed.wait(5.0)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self.is_alive():
+            self.join(5.0)
+
+    def send(self, line: str) -> None:
+        answer = send_command(self.control, line)
+        if not answer.startswith("ok"):
+            raise StationError(f"the fingerprint emulator refused {line!r}: {answer}", code="demo")
+
+    def run(self) -> None:
+        try:
+            sub = Subscriber(self.ctx, self.endpoints, self.topics)
+        except Exception as exc:  # noqa: BLE001 - told to the demo's wait loop
+            self.error = repr(exc)
+            self._subscribed.set()
+            return
+        try:
+            self.send(f"nofinger {LIFTED_S}")  # nothing on the glass until the scanner asks
+            self._subscribed.set()
+            while not self._stopping.is_set():
+                msg = sub.receive(timeout_ms=200)
+                if msg is None:
+                    continue
+                if msg.topic.endswith(".session.started"):
+                    self.applicant = self.rng.randrange(1 << 30)  # the next applicant's hands
+                elif msg.event == "place_finger":
+                    position = msg.get("position")
+                    if not isinstance(position, int) or not 1 <= position <= 10:
+                        continue
+                    self.send(f"nofinger {LIFTED_S}")  # whatever was there is lifted first
+                    if self._stopping.wait(AUTO_FINGER_DELAY_S):
+                        break
+                    self.send(f"finger {self.applicant} {position} quality=good")
+                    self.send("nofinger 0")
+                    self.placed += 1
+                    self.say(f"  scanner    the applicant puts the {FINGER_NAMES[position]} (position {position}) "
+                             "on the scanner")
+                elif msg.event == "capture":
+                    self.send(f"nofinger {LIFTED_S}")
+        except (StationError, OSError) as exc:
+            self.error = getattr(exc, "message", None) or repr(exc)
+        finally:
+            sub.close()
+            self._subscribed.set()
+
+
 class Demo:
-    def __init__(self, workdir: Path, applicants: int, seed: int, collector: str = "", chip: bool = True):
+    def __init__(self, workdir: Path, applicants: int, seed: int, collector: str = "", chip: bool = True,
+                 console: bool = False, console_port: int = 0):
         self.workdir = workdir
+        self.console = console  # also the web console; then the station runs until Ctrl-C or SIGTERM
+        self.console_port = console_port or (_free_port() if console else 0)
+        self.console_url = f"http://127.0.0.1:{self.console_port}/" if console else ""
+        self.console_passwords: dict[str, str] = {}  # printed, never written to a file
+        self.stopping = threading.Event()  # Ctrl-C or SIGTERM
+        self.raise_on_signal = True  # a signal interrupts the demo's work; while it only waits, it ends the wait
+        self.auto_finger: AutoFinger | None = None
         self.chip = chip  # cards with a chip: a pcscd for the encoder, a test PKI to sign them
         self.pcscd: Pcscd | None = None
         self.test_pki: pki.TestPki | None = None
@@ -273,11 +369,14 @@ class Demo:
         self.spawn("printer0", [str(bindir / "station-printerd"), "printer0"])
         self.spawn("controller", [str(bindir / "station-controller")])
         self.spawn("uplink", [str(bindir / "station-uplink")])
+        if self.console:
+            self.spawn("console", [str(bindir / "station-console")])
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + READY_TIMEOUT_S
-        for name, paths in (("collector", self.central_paths), ("cam0", None), ("fp0", None), ("printer0", None),
-                            ("controller", None), ("uplink", None)):
+        daemons = [("collector", self.central_paths), ("cam0", None), ("fp0", None), ("printer0", None),
+                   ("controller", None), ("uplink", None)] + ([("console", None)] if self.console else [])
+        for name, paths in daemons:
             client = CommandClient(self.ctx, (paths or self.paths).cmd(name), name=name)
             try:
                 while True:
@@ -307,6 +406,55 @@ class Demo:
             if not process.alive():
                 raise StationError(f"{process.name} exited with status {process.popen.returncode}:\n"
                                    f"{process.log_tail()}")
+
+    # -- the console --------------------------------------------------------------------------
+    def setup_console(self) -> None:
+        """The console's config (its loopback port) and the demo's operator accounts, each with
+        a random password, as ``stationctl console add-user`` would make them."""
+        from station.console.accounts import Accounts
+        from station.console.daemon import accounts_path
+
+        (self.paths.etc / "console.yaml").write_text(yaml.safe_dump({"listen": {"port": self.console_port}}))
+        accounts = Accounts(accounts_path(self.paths))
+        for name, role, language, display_name in CONSOLE_ACCOUNTS:
+            password = self.console_passwords[name] = "".join(secrets.choice(PASSWORD_ALPHABET)
+                                                               for _ in range(12))
+            accounts.add(name, password, role=role, language=language, display_name=display_name,
+                         replace_existing=True)
+
+    def serve_console(self) -> None:
+        """Print where to sign in, then keep the station running until Ctrl-C or SIGTERM,
+        playing the applicant at the scanner; a daemon that dies ends the demo, saying so."""
+        self.auto_finger = AutoFinger(self.ctx, self.paths, self.sensor_control, self.rng.randrange(1 << 30), self.say)
+        self.auto_finger.start()
+        (officer, *_), (engineer, *_) = CONSOLE_ACCOUNTS
+        self.say(f"console: {self.console_url}  sign in as {officer} / {self.console_passwords[officer]}  "
+                 f"(officer, Vietnamese page)")
+        self.say(f"         or as {engineer} / {self.console_passwords[engineer]}  (field engineer, English page)")
+        self.say("  scanner    the demo plays the applicant: whenever the scanner asks for a finger (\"Quét ngón "
+                 "tay\"), it puts that finger of the session's applicant on the emulated sensor and lifts it after "
+                 f"the capture (sensor control channel: {self.sensor_control})")
+        self.say(f"  cards      printed to {self.workdir / 'printer-out'}/; logs in {self.logs}/")
+        self.say("the station keeps running; Ctrl-C (or SIGTERM) stops it")
+        self.raise_on_signal = False
+        if self.stopping.is_set():
+            return
+        while not self.stopping.wait(0.5):
+            self.check_alive()
+            if not self.auto_finger.is_alive():
+                raise StationError(f"the demo stopped playing the applicant at the scanner: {self.auto_finger.error}")
+        self.say("stopping the station")
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.stopping.set()
+        if self.raise_on_signal:
+            self.raise_on_signal = False  # once: a second Ctrl-C does not interrupt the clean-up
+            raise KeyboardInterrupt
+
+    def _handle_signals(self) -> dict[int, Any]:
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        return {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     def provision(self) -> None:
         """What a field engineer does once per station: central's public key (here a test
@@ -450,9 +598,11 @@ class Demo:
     def run(self) -> int:
         for directory in (self.paths.etc, self.paths.state, self.logs):
             directory.mkdir(parents=True, exist_ok=True)
-        self.say(f"station demo: {self.applicants} applicant(s), work directory {self.workdir}")
+        then = f", then the console on {self.console_url}" if self.console else ""
+        self.say(f"station demo: {self.applicants} applicant(s){then}, work directory {self.workdir}")
         lost: list[str] = []
         codes: dict[str, int | None] = {}
+        handlers = self._handle_signals()
         try:
             self.provision()
             self.start_collector()
@@ -463,25 +613,38 @@ class Demo:
             printer = self.start_printer_emulator()
             self.say(f"  emulator   card printer on {printer}{' (cards with a chip)' if self.pcscd else ''}")
             write_config(self.paths.etc, port, printer, self.chip_settings())
+            if self.console:
+                self.setup_console()
             self.start_daemons()
             self.wait_ready()
             for number in range(1, self.applicants + 1):
                 result = self.enroll(number)
                 self.results.append(result)
                 self.report(result)
-            self.wait_printed()
-            if self.chip:
-                self.verify_chips()
-            self.wait_delivered()
-            for result in self.results:
-                if result.record:
-                    result.files = [self.export(result.record)]
+            if self.results:
+                self.wait_printed()
+                if self.chip:
+                    self.verify_chips()
+                self.wait_delivered()
+                for result in self.results:
+                    if result.record:
+                        result.files = [self.export(result.record)]
+            if self.console:
+                self.serve_console()
         except StationError as exc:
             self.say(f"demo failed: {exc.message}")
             lost.append(exc.message)
+        except KeyboardInterrupt:
+            self.say("demo interrupted: stopping the station")
+            lost.append("the demo was interrupted before it finished")
         finally:
+            self.raise_on_signal = False
+            if self.auto_finger is not None:
+                self.auto_finger.stop()
             codes = self.stop_all()
             self.stop_chip_encoder()
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
         lost += self.verify(codes)
         self.write_summary(lost, codes)
         ok = not lost
@@ -628,6 +791,8 @@ class Demo:
             "chips_verified": sum(1 for r in self.results if r.chip.get("valid")),
             "csca": str(self.test_pki.csca_cert) if self.test_pki else None,
             "exit_codes": codes,
+            "console": {"url": self.console_url, "accounts": [a[0] for a in CONSOLE_ACCOUNTS],
+                        "fingers_placed": self.auto_finger.placed if self.auto_finger else 0} if self.console else None,
             "results": [
                 {"applicant": r.number, "session": r.session, "record": r.record, "error": r.error,
                  "portrait": {k: r.portrait.get(k) for k in ("score", "passed", "forced")}, "fingers": r.fingers,
@@ -643,7 +808,8 @@ class Demo:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="station demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--applicants", type=int, default=3, help="how many applicants to enroll (default 3)")
+    parser.add_argument("--applicants", type=int, help="how many applicants to enroll (default 3; with "
+                                                       "--console 0: it only waits for the officer)")
     parser.add_argument("--workdir", type=Path, help="where to put config, state, sockets and logs "
                                                       "(default: a new directory under /tmp)")
     parser.add_argument("--seed", type=int, default=1, help="seed for the demo applicants")
@@ -651,12 +817,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="central's collector stores in NATS JetStream at this server (default: embedded)")
     parser.add_argument("--no-chip", action="store_true",
                         help="cards without a chip (no pcscd; the chip needs pcscd, vsmartcard-vpcd and root)")
+    parser.add_argument("--console", action="store_true",
+                        help="also start the web console, print its URL and a demo officer's sign-in, and keep the "
+                             "station running until Ctrl-C (after enrolling --applicants automatically)")
+    parser.add_argument("--console-port", type=int, default=0, metavar="PORT",
+                        help="the console's loopback port (default: a free one, printed)")
     args = parser.parse_args(argv)
-    if args.applicants < 1:
-        parser.error("--applicants must be at least 1")
+    if args.applicants is None:
+        args.applicants = 0 if args.console else 3
+    if args.applicants < (0 if args.console else 1):
+        parser.error("--applicants must be at least 1 (0 only with --console)")
+    if args.console_port and not (args.console and 1 <= args.console_port <= 65535):
+        parser.error("--console-port takes a port 1..65535 and needs --console")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="station-demo-", dir="/tmp"))
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     if args.collector and not args.collector.startswith("nats://"):
         parser.error("--collector takes a nats://HOST:PORT URL")
-    return Demo(workdir, args.applicants, args.seed, args.collector, chip=not args.no_chip).run()
+    return Demo(workdir, args.applicants, args.seed, args.collector, chip=not args.no_chip, console=args.console,
+                console_port=args.console_port).run()

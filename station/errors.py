@@ -167,4 +167,7 @@ CODES: dict[str, str] = {
     "bad_document_signer": "the Document Signer key or certificate cannot sign chips: mismatched, expired, past its key usage period or not for signatures",
     "bad_certificate": "a certificate file cannot be read or is not an X.509 certificate",
     "test_pki_exists": "a test PKI already exists in that directory; remove it or choose another",
+    # the console's sign-in (station/console/accounts.py)
+    "bad_credentials": "wrong user name or password",
+    "locked": "the account is locked after too many failed sign-ins; retry_after_s says for how long",
 }

@@ -4,9 +4,10 @@ from __future__ import annotations
 import sys
 from typing import Sequence
 
-USAGE = """usage: station demo [--applicants N] [--workdir DIR]
+USAGE = """usage: station demo [--applicants N] [--workdir DIR] [--console [--console-port PORT]] [--no-chip]
 
-  demo    run every daemon on emulated devices and enroll N applicants end to end
+  demo    run every daemon on emulated devices and enroll N applicants end to end;
+          with --console, keep the station running with the web console (station demo --help)
 """
 
 

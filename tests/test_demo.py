@@ -3,14 +3,30 @@ devices, a real pseudo-terminal between the fingerprint daemon and its sensor; r
 sealed on the station, opened and exported with central's key; nothing personal or
 biometric left in the clear on the station."""
 import json
+import queue
+import random
+import re
+import shutil
+import signal
 import subprocess
+import sys
 import sysconfig
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import nistitl
 import pytest
+import zmq
 from mrz.checker.td1 import TD1CodeChecker
 
+from station.bus import CommandClient
+from station.demo import CONSOLE_ACCOUNTS, Demo, make_applicant
+from station.demo import main as demo_main
+from station.errors import StationError
 from station.store import RecordStore
 
 BIN = Path(sysconfig.get_path("scripts"))
@@ -161,3 +177,120 @@ def test_nothing_personal_or_biometric_is_left_in_the_clear(demo):
             assert secret not in data, f"{path} holds an applicant's name or id number in the clear"
         for kind, magic in IMAGE_MAGIC.items():
             assert magic not in data, f"{path} holds a {kind} image in the clear"
+
+
+# -- station demo --console -------------------------------------------------------------------
+CONSOLE_LINE = re.compile(r"^console: (http://127\.0\.0\.1:(\d+)/)  sign in as (\S+) / (\S+) ")
+ENGINEER_LINE = re.compile(r"^ +or as (\S+) / (\S+) ")
+
+
+def _lines(stream, into: "queue.Queue[str]") -> None:
+    for line in stream:
+        into.put(line)
+    into.put("")  # the demo closed its output
+
+
+def _sign_in(url: str, origin: str | None, user: str, password: str) -> tuple[int, dict]:
+    headers = {"Content-Type": "application/json", **({"Origin": origin} if origin else {})}
+    request = urllib.request.Request(url + "api/sign-in", data=json.dumps({"user": user, "password": password}).encode(),
+                                     headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, {}
+
+
+@pytest.mark.timeout(120)
+def test_demo_console_keeps_the_station_running_for_an_officer():
+    """``station demo --console``: the console on a printed URL with a demo officer's
+    sign-in, the demo putting each asked-for finger on the emulated scanner, until SIGINT."""
+    workdir = Path(tempfile.mkdtemp(prefix="demo-console-", dir="/tmp"))  # short: the sockets go in workdir/run
+    demo = subprocess.Popen([str(BIN / "station"), "demo", "--console", "--no-chip", "--workdir", str(workdir)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=_lines, args=(demo.stdout, lines), daemon=True).start()
+    seen: list[str] = []
+
+    def wait_for(pattern: re.Pattern, timeout_s: float = 60.0) -> re.Match:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                line = lines.get(timeout=1.0)
+            except queue.Empty:
+                continue
+            assert line, "the demo ended early:\n" + "".join(seen)
+            seen.append(line)
+            if (match := pattern.search(line)) is not None:
+                return match
+        raise AssertionError(f"no line matching {pattern.pattern} within {timeout_s:.0f} s:\n" + "".join(seen))
+
+    try:
+        url, port, officer, password = wait_for(CONSOLE_LINE).groups()
+        engineer, engineer_password = wait_for(ENGINEER_LINE).groups()
+        origin = f"http://127.0.0.1:{port}"
+        with urllib.request.urlopen(url, timeout=10) as page:
+            assert page.status == 200 and b"<html" in page.read()
+        status, body = _sign_in(url, origin, officer, password)
+        assert status == 200 and body["ok"] and body["role"] == "officer" and body["language"] == "vi", body
+        assert body["display_name"] == "Cán bộ demo"
+        status, body = _sign_in(url, origin, engineer, engineer_password)
+        assert status == 200 and body["role"] == "engineer", body
+        assert _sign_in(url, origin, officer, "not-the-password")[0] == 401
+        assert _sign_in(url, None, officer, password)[0] == 403  # a POST without the console's origin
+
+        # An officer's enrollment through the controller: the demo puts each asked-for finger
+        # (a different one per position) on the scanner; without it the emulator would image
+        # one finger for both and the station would refuse the second as a duplicate.
+        ctx = zmq.Context()
+        control = CommandClient(ctx, f"ipc://{workdir / 'run' / 'controller.cmd'}", name="controller")
+        try:
+            started = control.call("session.start", {"applicant": make_applicant(random.Random(7), 1),
+                                                     "operator": officer}).result
+            session = started["session"]
+            control.call("session.portrait", {"session": session}, timeout_s=60)
+            for position in started["finger_positions"][:2]:
+                finger = control.call("session.finger", {"session": session, "position": position},
+                                      timeout_s=60).result
+                assert finger["position"] == position and finger["attempts"] >= 1
+            control.call("session.cancel", {"session": session, "reason": "test"})
+        finally:
+            control.close()
+            ctx.term()
+        wait_for(re.compile(r"puts the right index \(position 2\) on the scanner"), 10)
+
+        demo.send_signal(signal.SIGINT)
+        assert demo.wait(60) == 0, "".join(seen) + "".join(iter(lines.get, ""))
+        summary = json.loads((workdir / "summary.json").read_text())
+        assert summary["applicants"] == 0 and summary["lost"] == 0, summary["problems"]
+        assert summary["console"]["url"] == url and summary["console"]["fingers_placed"] >= 2
+        assert summary["exit_codes"]["console"] == 0 and all(c == 0 for c in summary["exit_codes"].values())
+        assert password not in (workdir / "summary.json").read_text()
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def test_demo_console_wait_notices_a_daemon_dying(tmp_path):
+    demo = Demo(tmp_path, 0, 1, console=True)
+    demo.logs.mkdir(parents=True)
+    demo.sensor_control = tmp_path / "no-emulator.ctl"
+    demo.spawn("console", [sys.executable, "-c", "import sys; sys.exit(3)"]).popen.wait(30)
+    demo.console_passwords = {name: "x" * 12 for name, *_ in CONSOLE_ACCOUNTS}
+    try:
+        with pytest.raises(StationError, match="console exited with status 3"):
+            demo.serve_console()
+    finally:
+        demo.auto_finger.stop()
+        demo.stop_all()
+        shutil.rmtree(demo.central_paths.run, ignore_errors=True)
+
+
+def test_demo_applicants_zero_needs_console(capsys):
+    with pytest.raises(SystemExit):
+        demo_main(["--applicants", "0"])
+    assert "0 only with --console" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        demo_main(["--console-port", "8470"])

@@ -919,7 +919,7 @@ def test_the_controller_answers_every_fuzzed_request(provisioned, ctx):
         commands = {
             **RUNTIME, "status": ArgsFor({}), "session.list": ArgsFor({}), "record.list": ArgsFor({}),
             "session.start": ArgsFor({"applicant": an_applicant, **operator}),
-            "session.get": ArgsFor(session), "session.portrait": ArgsFor(session),
+            "session.get": ArgsFor(session), "session.review": ArgsFor(session), "session.portrait": ArgsFor(session),
             "session.exception_photo": ArgsFor(session), "session.finger": ArgsFor({**session, **position}),
             "session.exception": ArgsFor({**session, **position, "reason": lambda r: r.choice(["XX", "UP", "ZZ"])}),
             "session.finish": ArgsFor(session), "session.abort": ArgsFor(session),
@@ -934,5 +934,21 @@ def test_the_controller_answers_every_fuzzed_request(provisioned, ctx):
         run_fuzz(running, ctx, commands, slow={"session.portrait", "session.exception_photo", "session.finger",
                                                "session.finish"},
                  messages=20_000, budget_s=3.0, label="controller")
+    finally:
+        stop_daemon(running)
+
+
+def test_the_console_answers_every_fuzzed_request(station_env, ctx):
+    """The console's own command socket (its web side is fuzzed in tests/console); it bridges
+    a controller that is not running, as after a boot where the controller starts later."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    (station_env["etc"] / "console.yaml").write_text(yaml.safe_dump({"listen": {"port": port}}))
+    running = launch(["station-console"], "console", station_env["env"], station_env["etc"].parent)
+    try:
+        wait_answering(running, ctx, ready_state="ready")
+        run_fuzz(running, ctx, {**RUNTIME, "reload": ArgsFor({})}, slow=set(), messages=5000, budget_s=3.0,
+                 label="console")
     finally:
         stop_daemon(running)

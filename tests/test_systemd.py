@@ -5,10 +5,15 @@ and scored with `systemd-analyze security --offline=true`; sysusers.d and tmpfil
 applied to a scratch root; the udev rules are parsed. The tools come from Debian's
 `systemd` package (`procps` provides the /bin/kill of ExecReload=); a missing tool fails
 the test with that hint instead of skipping it, because an unchecked unit is how a station
-ends up with a daemon that never starts.
+ends up with a daemon that never starts. The kiosk unit starts Debian's `cage` and
+`chromium`, which verify needs installed too; its managed browser policy is checked against
+the console's packaged default URL and against the policy names the installed Chromium
+knows.
 """
 from __future__ import annotations
 
+import json
+import mmap
 import os
 import re
 import shutil
@@ -18,8 +23,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
-SYSTEMD_DIR = Path(__file__).resolve().parent.parent / "systemd"
+REPO = Path(__file__).resolve().parent.parent
+SYSTEMD_DIR = REPO / "systemd"
 APPLIANCE_BIN = "/opt/station/bin/"
 # Console scripts of the running interpreter: where `pip install` put station-camerad etc.
 # Not resolved: a venv's python is a symlink to the system interpreter.
@@ -33,9 +40,19 @@ SERVICES = {
     "station-controller.service": ("station-controller.service", 1.0),
     "station-uplink.service": ("station-uplink.service", 1.5),
     "station-collector.service": ("station-collector.service", 1.5),
+    "station-console.service": ("station-console.service", 1.0),
+    # A Wayland compositor and a browser: host devices, user namespaces for Chromium's
+    # sandbox, JIT memory, loopback IP (see the unit's comments). 2.4 when written.
+    "station-kiosk.service": ("station-kiosk.service", 2.5),
 }
+# Units that start only Debian's programs, not a console script of this package.
+SYSTEM_PROGRAM_UNITS = {"station-kiosk.service"}
 UNIT_FILES = [*SERVICES, "station.target"]
 INSTALL_HINT = "install Debian package 'systemd' (and 'procps' for /bin/kill)"
+# Programs the units start that are not ours, and the Debian package that provides each;
+# `systemd-analyze verify` fails on a missing one.
+DEBIAN_PROGRAMS = {"/bin/kill": "procps", "/bin/bash": "bash", "/usr/bin/cage": "cage",
+                   "/usr/bin/chromium": "chromium"}
 
 
 def _tool(name: str) -> str:
@@ -60,12 +77,17 @@ def _exec_programs(unit_text: str) -> list[str]:
     return programs
 
 
+def _logical_lines(unit_text: str) -> list[str]:
+    """The unit's lines with systemd's backslash continuations joined."""
+    return re.sub(r"\\\n[ \t]*", " ", unit_text).splitlines()
+
+
 def _unit_settings(unit_text: str) -> list[tuple[str, str]]:
     return [
         (k.strip(), v.strip())
         for k, _, v in (
             line.partition("=")
-            for line in unit_text.splitlines()
+            for line in _logical_lines(unit_text)
             if "=" in line and not line.lstrip().startswith(("#", ";"))
         )
     ]
@@ -90,7 +112,10 @@ def test_units_start_installed_console_scripts(unit_file: str) -> None:
     """Each unit starts a console script this package really installs, from the appliance venv."""
     programs = _exec_programs((SYSTEMD_DIR / unit_file).read_text())
     ours = [p for p in programs if p.startswith(APPLIANCE_BIN)]
-    assert ours, f"{unit_file}: no ExecStart= under {APPLIANCE_BIN}"
+    if unit_file in SYSTEM_PROGRAM_UNITS:
+        assert not ours and programs, f"{unit_file} should start Debian's programs only"
+    else:
+        assert ours, f"{unit_file}: no ExecStart= under {APPLIANCE_BIN}"
     for program in ours:
         script = SCRIPTS_DIR / program.removeprefix(APPLIANCE_BIN)
         assert script.is_file() and os.access(script, os.X_OK), (
@@ -103,6 +128,11 @@ def test_units_start_installed_console_scripts(unit_file: str) -> None:
 
 
 def test_systemd_analyze_verify_is_silent(staged_units: Path) -> None:
+    for unit_file in SERVICES:
+        for program in _exec_programs((SYSTEMD_DIR / unit_file).read_text()):
+            if program in DEBIAN_PROGRAMS and not os.access(program, os.X_OK):
+                pytest.fail(f"{program} (started by {unit_file}) is missing: install Debian "
+                            f"package '{DEBIAN_PROGRAMS[program]}'; verify needs every Exec program")
     argv = [
         _tool("systemd-analyze"),
         "verify",
@@ -249,6 +279,15 @@ def test_sysusers_and_tmpfiles_apply_to_a_scratch_root(tmp_path: Path) -> None:
     assert uid < 1000 and gid == int(groups["station"][2]), f"not a system user: {user}"
     assert user[6] in ("/usr/sbin/nologin", "/sbin/nologin"), f"station has a login shell: {user}"
 
+    # The kiosk's own unprivileged user: a system user with its state directory as home, in
+    # the DRM and input groups, and outside group station (no ipc://, no config, no store).
+    kiosk = passwd["station-kiosk"]
+    assert int(kiosk[2]) < 1000 and kiosk[5] == "/var/lib/station-kiosk", kiosk
+    assert kiosk[6] in ("/usr/sbin/nologin", "/sbin/nologin"), f"station-kiosk has a login shell: {kiosk}"
+    for group in ("video", "render", "input"):
+        assert "station-kiosk" in groups[group][3].split(","), f"station-kiosk not in group {group}"
+    assert "station-kiosk" not in groups["station"][3].split(","), "the kiosk must not join group station"
+
     # With --root, tmpfiles resolves "station" from the scratch root's /etc/passwd.
     tmpfiles = _run(
         _tool("systemd-tmpfiles"), f"--root={root}", "--create",
@@ -267,6 +306,7 @@ def test_sysusers_and_tmpfiles_apply_to_a_scratch_root(tmp_path: Path) -> None:
         "etc/station/conf.d": (0o750, 0, gid),
         "var/lib/station": (0o750, uid, gid),
         "var/lib/station/keys": (0o700, uid, gid),
+        "var/lib/station/console": (0o700, uid, gid),
         "run/station": (0o750, uid, gid),
     }
     for rel, (mode, owner, group) in expected.items():
@@ -275,3 +315,136 @@ def test_sysusers_and_tmpfiles_apply_to_a_scratch_root(tmp_path: Path) -> None:
         assert stat.S_IMODE(st.st_mode) == mode, f"/{rel}: mode {stat.S_IMODE(st.st_mode):o}"
         if os.geteuid() == 0:
             assert (st.st_uid, st.st_gid) == (owner, group), f"/{rel}: owner {st.st_uid}:{st.st_gid}"
+
+
+# --- the web console and the kiosk ----------------------------------------------------------
+
+KIOSK_POLICY = SYSTEMD_DIR / "kiosk" / "station-kiosk.json"
+# The console's packaged defaults, where its `listen:` host and port are set.
+CONSOLE_DEFAULTS = REPO / "config" / "console.yaml"
+# Debian's chromium: /usr/bin/chromium is a shell wrapper around this binary.
+CHROMIUM_BINARY = Path("/usr/lib/chromium/chromium")
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "[::1]"}
+# Chromium's URLBlocklist/URLAllowlist filter format:
+# [scheme://][.]host[:port][/path][@query]
+URL_FILTER = re.compile(
+    r"^(?:(?P<scheme>[a-z][a-z0-9+.-]*)://)?(?P<exact>\.)?(?P<host>\[[0-9a-f:]+\]|[^/:@]+)"
+    r"(?::(?P<port>\d+))?(?P<path>/[^@]*)?(?:@(?P<query>.*))?$"
+)
+# "*" in URLBlocklist does not block Chromium's own pages (chrome://version, chrome://policy
+# and chrome://inspect load under ["*"] alone, Chromium 150), so they are listed.
+INTERNAL_SCHEMES = ("chrome", "chrome-untrusted", "chrome-extension", "chrome-search", "devtools")
+# The lockdown the kiosk relies on (policy name -> required value).
+KIOSK_LOCKDOWN = {
+    "DeveloperToolsAvailability": 2,  # dev tools disallowed everywhere
+    "DownloadRestrictions": 3,  # every download blocked (Save page as... too)
+    "AllowFileSelectionDialogs": False,
+    "ExtensionInstallBlocklist": ["*"],
+    "IncognitoModeAvailability": 1,  # incognito disabled
+    "BrowserGuestModeEnabled": False,
+    "BrowserAddPersonEnabled": False,
+    "BrowserSignin": 0,
+    "SyncDisabled": True,
+    "PasswordManagerEnabled": False,
+    "AutofillAddressEnabled": False,
+    "AutofillCreditCardEnabled": False,
+    "PrintingEnabled": False,
+    "TranslateEnabled": False,
+    "DefaultBrowserSettingEnabled": False,
+    "VideoCaptureAllowed": False,  # the cameras belong to camerad
+    "AudioCaptureAllowed": False,
+    "DefaultWebUsbGuardSetting": 2,  # scanners, printers and card readers belong to the drivers
+    "DefaultSerialGuardSetting": 2,
+    "DefaultWebHidGuardSetting": 2,
+}
+
+
+def _console_listen() -> tuple[str, int]:
+    listen = yaml.safe_load(CONSOLE_DEFAULTS.read_text())["listen"]
+    return str(listen["host"]), int(listen["port"])
+
+
+def _kiosk_url() -> str:
+    settings = dict(_unit_settings((SYSTEMD_DIR / "station-kiosk.service").read_text()))
+    return settings["ExecStart"].split()[-1]
+
+
+def _policy() -> dict:
+    return json.loads(KIOSK_POLICY.read_text())
+
+
+def test_console_unit_is_a_loopback_station_daemon() -> None:
+    settings = _unit_settings((SYSTEMD_DIR / "station-console.service").read_text())
+    single = dict(settings)
+    assert single["Type"] == "notify" and single["WatchdogSec"] == "10s"
+    assert single["User"] == "station" and single["Group"] == "station"
+    assert single["PartOf"] == "station.target" and single["WantedBy"] == "station.target"
+    assert single["IPAddressAllow"] == "localhost" and single["IPAddressDeny"] == "any"
+    assert set(single["RestrictAddressFamilies"].split()) == {"AF_UNIX", "AF_INET", "AF_INET6"}
+    assert "PrivateNetwork" not in single, "the kiosk reaches the console on the host's loopback"
+    assert ("BindPaths", "/var/lib/station/console") in settings
+
+
+def test_kiosk_and_console_agree_on_the_url() -> None:
+    """The kiosk opens, waits for and is allowed exactly the console's packaged default URL."""
+    host, port = _console_listen()
+    assert host in ("127.0.0.1", "::1"), f"console.yaml listens on {host}, not loopback"
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
+    assert _kiosk_url() == url, f"station-kiosk.service opens {_kiosk_url()}, the console serves {url}"
+    pre = dict(_unit_settings((SYSTEMD_DIR / "station-kiosk.service").read_text()))["ExecStartPre"]
+    assert f"/dev/tcp/{host}/{port}" in pre, "ExecStartPre waits for another port"
+    policy = _policy()
+    for name in ("HomepageLocation", "NewTabPageLocation"):
+        assert policy[name] == url, name
+    assert policy["RestoreOnStartupURLs"] == [url]
+
+
+def test_kiosk_policy_allows_only_the_console() -> None:
+    _, port = _console_listen()
+    policy = _policy()
+    block, allow = policy["URLBlocklist"], policy["URLAllowlist"]
+    assert "*" in block, "the kiosk must block every URL but the console's"
+    for scheme in INTERNAL_SCHEMES:
+        assert f"{scheme}://*" in block, f"{scheme}:// pages are not blocked by '*' alone"
+    assert allow, "nothing allowed: the kiosk would show only an error page"
+    for entry in allow:
+        m = URL_FILTER.match(entry)
+        assert m, f"URLAllowlist entry {entry!r} is not in Chromium's filter format"
+        assert m["scheme"] == "http", f"{entry!r}: give the scheme, http (the console has no TLS)"
+        assert m["host"] in LOOPBACK_HOSTS, f"{entry!r} is not a loopback host"
+        assert m["port"] == str(port), f"{entry!r} is not the console's port {port}"
+    for entry in block:
+        assert URL_FILTER.match(entry) or entry.endswith(":*"), f"URLBlocklist entry {entry!r}"
+    for name, value in KIOSK_LOCKDOWN.items():
+        assert policy.get(name) == value, f"{name} must be {value!r}, is {policy.get(name)!r}"
+
+
+def test_kiosk_policy_names_are_known_to_chromium() -> None:
+    """A misspelt policy is silently ignored by Chromium; every name must be one the
+    installed browser carries (its policy table holds each name as a C string)."""
+    if not CHROMIUM_BINARY.is_file():
+        pytest.fail(f"{CHROMIUM_BINARY} not found: install Debian package 'chromium'")
+    with CHROMIUM_BINARY.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as image:
+        unknown = [name for name in _policy() if image.find(b"\0" + name.encode() + b"\0") < 0]
+    assert not unknown, f"not Chromium policies: {unknown}"
+
+
+def test_kiosk_unit_boots_into_the_console() -> None:
+    text = (SYSTEMD_DIR / "station-kiosk.service").read_text()
+    settings = _unit_settings(text)
+    single = dict(settings)
+    values = lambda key: " ".join(v for k, v in settings if k == key).split()  # noqa: E731
+    assert single["User"] == "station-kiosk" and single["PAMName"] == "login"
+    assert single["TTYPath"] == "/dev/tty1" and "getty@tty1.service" in values("Conflicts")
+    assert {"station-console.service", "systemd-user-sessions.service"} <= set(values("After"))
+    assert "station-console.service" in values("Wants")
+    assert single["Restart"] == "always" and single["WantedBy"] == "graphical.target"
+    argv = single["ExecStart"].split()
+    assert argv[:3] == ["/usr/bin/cage", "-s", "--"], "cage -s: a field engineer can switch VT"
+    assert argv[3] == "/usr/bin/chromium" and {"--kiosk", "--ozone-platform=wayland"} <= set(argv)
+    assert "--no-sandbox" not in argv, "Chromium's sandbox stays on"
+    profile = next(a.partition("=")[2] for a in argv if a.startswith("--user-data-dir="))
+    assert profile.startswith(f"/run/{single['RuntimeDirectory']}/"), "the profile belongs on tmpfs"
+    assert single["NoNewPrivileges"] == "yes" and single["CapabilityBoundingSet"] == ""
+    assert single["IPAddressAllow"] == "localhost" and single["IPAddressDeny"] == "any"
+    assert "station" not in values("SupplementaryGroups")

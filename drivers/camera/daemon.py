@@ -172,7 +172,10 @@ class CameraDaemon(DeviceDaemon):
         ok, jpeg = cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, preview["jpeg_quality"]])
         if not ok:
             return
+        # The quality report's geometry is in the camera frame's pixels: ``frame_width`` lets a
+        # viewer scale the face box onto the preview.
         self.frames.publish("preview", {"width": small.shape[1], "height": small.shape[0], "encoding": "jpeg",
+                                        "frame_width": width, "frame_height": height,
                                         "index": frame.index, "quality": report.to_dict()},
                             {"jpeg": jpeg.tobytes()}, t_acq_ns=frame.t_acq_ns)
 
@@ -222,8 +225,9 @@ class CameraDaemon(DeviceDaemon):
         eyes = chosen.eyes or chosen.face.eyes_or_estimate()
         token = token_portrait(decision.frame.image, eyes, self.config["token"])
         result = {
-            "passed": chosen.passed, "score": chosen.score, "hint": chosen.hint, "forced": decision.forced,
-            "mode": mode, "streak": decision.streak, "elapsed_s": round(decision.elapsed_s, 3),
+            "passed": chosen.passed, "score": chosen.score, "hint": chosen.hint, "hint_code": chosen.hint_code,
+            "forced": decision.forced, "mode": mode, "streak": decision.streak,
+            "elapsed_s": round(decision.elapsed_s, 3),
             "quality": chosen.to_dict(), "token": token.geometry(),
         }
         self.events.publish("capture", {k: result[k] for k in ("passed", "score", "forced", "mode")},

@@ -67,25 +67,46 @@ DEFAULT_THRESHOLDS: dict[str, dict[str, float]] = {
 # Score weights: what makes a portrait unusable for matching weighs most.
 _WEIGHTS = {"sharpness": 2.0, "exposure": 2.0, "inter_eye_px": 1.5}
 
-NO_FACE = "no face found — step in front of the camera"
-_HINTS = {
-    ("face_count", "many"): "only one person in the picture",
-    ("face_size", "low"): "move closer",
-    ("face_size", "high"): "move back",
-    ("inter_eye_px", "low"): "move closer",
-    ("exposure", "low"): "too dark — add light",
-    ("exposure", "high"): "too bright — reduce the light",
-    ("clipping", "dark"): "too dark — add light",
-    ("clipping", "bright"): "too bright — reduce the light",
-    ("illumination_symmetry", "low"): "light is uneven — light both sides of the face",
-    ("sharpness", "low"): "hold still",
-    ("centring", "high"): "move to the centre",
-    ("eye_line", "low"): "raise the camera",
-    ("eye_line", "high"): "lower the camera",
-    ("eyes_found", "low"): "look at the camera with both eyes open",
-    ("roll_deg", "high"): "keep your head level",
-    ("yaw", "high"): "look straight at the camera",
-    ("background_uniformity", "high"): "use a plain background behind the person",
+# Hint code -> what the operator reads in English. The code is what travels (preview stream,
+# capture result), so a console says the hint in the applicant's language by looking it up
+# (station/console/i18n/messages.*.yaml, key ``hint.<code>``), never by parsing the text.
+HINTS: dict[str, str] = {
+    "no_face": "no face found — step in front of the camera",
+    "one_person": "only one person in the picture",
+    "move_closer": "move closer",
+    "move_back": "move back",
+    "too_dark": "too dark — add light",
+    "too_bright": "too bright — reduce the light",
+    "uneven_light": "light is uneven — light both sides of the face",
+    "hold_still": "hold still",
+    "move_to_centre": "move to the centre",
+    "raise_camera": "raise the camera",
+    "lower_camera": "lower the camera",
+    "open_eyes": "look at the camera with both eyes open",
+    "head_level": "keep your head level",
+    "look_straight": "look straight at the camera",
+    "plain_background": "use a plain background behind the person",
+}
+# (check, the side it failed on) -> hint code; a failure not listed asks for open eyes.
+FAILURE_HINTS: dict[tuple[str, str], str] = {
+    ("face_count", "none"): "no_face",
+    ("face_count", "many"): "one_person",
+    ("face_size", "low"): "move_closer",
+    ("face_size", "high"): "move_back",
+    ("inter_eye_px", "low"): "move_closer",
+    ("exposure", "low"): "too_dark",
+    ("exposure", "high"): "too_bright",
+    ("clipping", "dark"): "too_dark",
+    ("clipping", "bright"): "too_bright",
+    ("illumination_symmetry", "low"): "uneven_light",
+    ("sharpness", "low"): "hold_still",
+    ("centring", "high"): "move_to_centre",
+    ("eye_line", "low"): "raise_camera",
+    ("eye_line", "high"): "lower_camera",
+    ("eyes_found", "low"): "open_eyes",
+    ("roll_deg", "high"): "head_level",
+    ("yaw", "high"): "look_straight",
+    ("background_uniformity", "high"): "plain_background",
 }
 
 
@@ -113,11 +134,16 @@ class Check:
 class QualityReport:
     passed: bool
     score: float
-    hint: str | None
+    hint_code: str | None  # a key of HINTS; None when the frame passed
     checks: dict[str, Check]
     face: Face | None
     face_count: int = 0
     failed: tuple[str, ...] = field(default=())
+
+    @property
+    def hint(self) -> str | None:
+        """The hint in English, for logs and ``stationctl face check``."""
+        return HINTS[self.hint_code] if self.hint_code is not None else None
 
     @property
     def eyes(self) -> tuple[tuple[float, float], tuple[float, float]] | None:
@@ -129,7 +155,7 @@ class QualityReport:
         if self.face is not None:
             face = {"box": list(self.face.box),
                     "eyes": [list(map(_round, e)) for e in self.face.eyes] if self.face.eyes else None}
-        return {"passed": self.passed, "score": self.score, "hint": self.hint,
+        return {"passed": self.passed, "score": self.score, "hint": self.hint, "hint_code": self.hint_code,
                 "checks": {name: c.to_dict() for name, c in self.checks.items()}, "face": face}
 
 
@@ -264,14 +290,12 @@ class FaceAnalyzer:
             weights = {name: _WEIGHTS.get(name, 1.0) for name in checks if name != "face_count"}
             total = sum(weights.values())
             score = 100.0 * math.exp(sum(weights[n] * math.log(max(checks[n].grade, 1e-6)) for n in weights) / total)
-        hint = None
-        if face is None:
-            hint = NO_FACE
-        elif failed:
+        hint_code = None
+        if failed:
             # An unmeasured check failed because something earlier did (eyes not found).
             first = next((n for n in failed if checks[n].side != "unmeasured"), failed[0])
-            hint = _HINTS.get((first, checks[first].side), _HINTS[("eyes_found", "low")])
-        return QualityReport(passed=not failed, score=round(score, 1), hint=hint, checks=checks,
+            hint_code = FAILURE_HINTS.get((first, checks[first].side), "open_eyes")
+        return QualityReport(passed=not failed, score=round(score, 1), hint_code=hint_code, checks=checks,
                              face=face, face_count=face_count, failed=failed)
 
 

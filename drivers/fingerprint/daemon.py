@@ -125,8 +125,11 @@ class FingerprintDaemon(DeviceDaemon):
             self.reopen("device settings changed")
 
     def status_fields(self) -> dict[str, Any]:
+        # ``link``: the serial line's health since the port was opened (retries, timeouts,
+        # corrupt replies, bytes dropped while resynchronising): the engineer's first look at a cable.
+        link = dataclasses.asdict(self.device.stats) if self.device is not None else None
         return {**super().status_fields(), "port": self.config["port"],
-                "system_parameters": self.system_parameters, "captures": self.captures}
+                "system_parameters": self.system_parameters, "captures": self.captures, "link": link}
 
     def shutdown(self) -> None:
         self._cancel.set()

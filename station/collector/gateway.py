@@ -315,16 +315,16 @@ class Collector(Daemon):
         op.replies.append(link.encode("confirmed", present=present, missing=missing))
 
     # -- daemon hooks --------------------------------------------------------------------------
-    def reload(self) -> bool:
-        accepted = super().reload()
+    def reload(self) -> list[str]:
+        problems = super().reload()
         try:
             self.allowlist.reload(self.data_dir / self.config["stations_dir"], self.config["revoked"])
         except StationError as exc:
             self.log.error("allowlist not reloaded, keeping the previous one: %s", exc.message)
-            return False
+            return [*problems, f"allowlist not reloaded: {exc.message}"]
         self.log.info("allowlist: %d station(s) allowed, %d revoked", len(self.allowlist),
                       len(self.config["revoked"]))
-        return accepted
+        return problems
 
     def apply_config(self, new: dict[str, Any], old: dict[str, Any]) -> None:
         fixed = [key for key in ("listen", "data_dir", "storage") if new[key] != old[key]]

@@ -81,7 +81,7 @@ def test_score_orders_blur_then_darkness_series(scene, analyzer):
 def test_report_is_json(scene, analyzer):
     report = analyzer.analyze(scene.render(SceneParams(roll_deg=8), 0))
     d = json.loads(json.dumps(report.to_dict()))
-    assert set(d) == {"passed", "score", "hint", "checks", "face"}
+    assert set(d) == {"passed", "score", "hint", "hint_code", "checks", "face"}
     assert d["checks"]["roll_deg"] == {"value": pytest.approx(8, abs=1.5), "passed": False, "max": 5.0}
     assert d["checks"]["exposure"]["min"] == 90 and d["checks"]["exposure"]["max"] == 235
     assert len(d["face"]["box"]) == 4 and len(d["face"]["eyes"]) == 2
