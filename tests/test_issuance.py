@@ -130,7 +130,8 @@ def test_a_printer_daemon_killed_mid_print_never_yields_a_card_reported_done(iss
     station = issuing("", printer_args=("--print-s", "3"))  # a print takes 3 s: the kill lands inside it
     job_id = enroll(station, 5)["print_job"]
     station.wait_for(lambda: job_of(station, job_id)["state"] == "printing", 60)
-    station.wait_for(lambda: emulator_status(station)["printing"], 30)
+    # The print itself (the mechanism's 3 s, after the panels arrived): a status poll cannot miss it.
+    station.wait_for(lambda: emulator_status(station)["mechanism"] == "print", 30)
     station.kill("printer0")
     job = station.wait_for(lambda: (j := job_of(station, job_id))["paused"] and j, 30)
     assert job["state"] == "printing" and job["paused"] in ("driver_offline", "deadline_exceeded", "device_error")
@@ -170,7 +171,8 @@ def test_a_controller_killed_mid_print_starts_a_new_card_after_its_restart(issui
     station = issuing("", printer_args=("--print-s", "3"))
     job_id = enroll(station, 8)["print_job"]
     station.wait_for(lambda: job_of(station, job_id)["state"] == "printing", 60)
-    station.wait_for(lambda: emulator_status(station)["printing"], 30)
+    # The print itself (the mechanism's 3 s, after the panels arrived): a status poll cannot miss it.
+    station.wait_for(lambda: emulator_status(station)["mechanism"] == "print", 30)
     station.kill("controller")
     station.start("controller")
     job = until_state(station, job_id, "done")

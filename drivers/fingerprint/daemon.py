@@ -167,8 +167,10 @@ class FingerprintDaemon(DeviceDaemon):
             image, quality, seconds = result
             self.captures += 1
             self._last_probe = time.monotonic()
+            # ``feedback``: NFIQ 2's advice as codes (press harder, dry the finger) that a
+            # console translates; figures and codes only, never the image.
             self.events.publish("capture", {"position": position, "nfiq2": quality.nfiq2,
-                                            "minutiae": quality.minutiae})
+                                            "minutiae": quality.minutiae, "feedback": list(quality.feedback)})
             fields = {"position": position, "nfiq2": quality.nfiq2, "minutiae": quality.minutiae,
                       "quality_feedback": list(quality.feedback), **image_fields(image, "gray8"),
                       "resolution_ppi": 500, "capture_s": round(seconds, 3),

@@ -577,6 +577,7 @@ class PrinterEmulator(PtyDevice):
         self._state_lock = threading.Lock()  # the serving thread and the control channel
         self._reader = CommandReader()
         self._last_bytes = 0.0
+        self.working: Kind | None = None  # a move or a print under way (its move_s / print_s)
 
     @property
     def faults(self) -> Faults:
@@ -598,7 +599,8 @@ class PrinterEmulator(PtyDevice):
         with self._state_lock:
             state = self.state.snapshot()
         return {**state, "port": self.pts, "link": None if self.link is None else str(self.link),
-                "plugged": self.plugged, "emulator": stats_dict(self.stats, self.port_stats)}
+                "plugged": self.plugged, "mechanism": None if self.working is None else str(self.working),
+                "emulator": stats_dict(self.stats, self.port_stats)}
 
     def command(self, line: str) -> str:
         """One control command (``USAGE``); returns what changed, raises ValueError saying why not."""
@@ -656,8 +658,13 @@ class PrinterEmulator(PtyDevice):
             if reaction.reply.startswith(b"ERR"):
                 self.stats.error_replies += 1
             self._notify(self.on_leave_contactless, reaction.left, "leave-contactless")
-            if reaction.work is not None and not self.sleep(self.mechanism_s[reaction.work]):
-                return
+            if reaction.work is not None:
+                self.working = reaction.work  # the status shows the mechanism at work
+                try:
+                    if not self.sleep(self.mechanism_s[reaction.work]):
+                        return
+                finally:
+                    self.working = None
             if reaction.printed is not None and self.out_dir is not None:
                 self._write(reaction.printed)
             self._notify(self.on_contactless, reaction.arrived, "contactless")

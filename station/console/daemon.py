@@ -10,6 +10,7 @@ controller, so nothing is lost but the sign-ins).
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from typing import Any, Sequence
@@ -82,6 +83,7 @@ class ConsoleDaemon(Daemon):
         await web.TCPSite(self._runner, listen["host"], listen["port"], reuse_address=True).start()
         if listen["unix_socket"]:
             await web.UnixSite(self._runner, listen["unix_socket"]).start()
+            os.chmod(listen["unix_socket"], 0o660)  # the station group (operators), like the bus's sockets
         asyncio.get_running_loop().create_task(self._beat())
 
     async def _beat(self) -> None:

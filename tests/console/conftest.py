@@ -46,7 +46,8 @@ class ConsoleStation(Station):
         self.port = port
         self.url = f"http://127.0.0.1:{port}/"
         (self.paths.etc / "console.yaml").write_text(yaml.safe_dump(
-            {"listen": {"port": port}, "sign_in": {"max_failures": 3, "lockout_s": 60}}))
+            {"listen": {"port": port, "unix_socket": str(self.paths.run / "console.http")},
+             "sign_in": {"max_failures": 3, "lockout_s": 60}}))
         accounts = Accounts(accounts_path(self.paths))
         accounts.add(OFFICER, OFFICER_PASSWORD, role="officer", language="vi", display_name="Cán bộ Một")
         accounts.add(ENGINEER, ENGINEER_PASSWORD, role="engineer", language="en", display_name="Kỹ thuật viên")

@@ -222,3 +222,16 @@ def test_a_malformed_sign_in_is_a_bad_request_not_a_crash(console_station, body)
                                              "Content-Type": "application/json"}) as response:
                 return response.status
     assert run(go()) in (400, 401)
+
+
+def test_the_optional_unix_socket_serves_the_console_to_the_station_group_only(console_station):
+    import stat as stat_module
+
+    path = console_station.paths.run / "console.http"
+    assert stat_module.S_IMODE(path.stat().st_mode) == 0o660
+
+    async def go():
+        async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(path))) as session:
+            async with session.get("http://console/") as page, session.get("http://console/api/me") as me:
+                return page.status, "app.js" in await page.text(), me.status
+    assert run(go()) == (200, True, 401)

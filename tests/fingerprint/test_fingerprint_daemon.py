@@ -138,8 +138,9 @@ def test_capture_returns_image_quality_and_template(make_station):
     assert compare(template, assess(image).template) > 100
 
     event, _ = station.next_event("capture", 5)
-    assert set(event.header) - HEADER_KEYS == {"position", "nfiq2", "minutiae"}
+    assert set(event.header) - HEADER_KEYS == {"position", "nfiq2", "minutiae", "feedback"}
     assert (event.get("position"), event.get("nfiq2"), event.get("minutiae")) == (2, result["nfiq2"], result["minutiae"])
+    assert event.get("feedback") == result["quality_feedback"]  # codes a console translates
     assert event.payloads == []  # never the image or the template
 
 

@@ -13,7 +13,7 @@ const ACTIVITY_EVERY_MS = 20000;
 const state = {
   account: null, language: "vi", catalogs: {}, ws: null, nextId: 1, pending: new Map(),
   hello: null, status: null, session: null, applicant: null, selected: null, fingers: {},
-  busy: false, preview: null, streak: 0, lastActivity: 0, events: [], view: null, quality: null,
+  busy: false, preview: null, streak: 0, feedback: {}, lastActivity: 0, events: [], view: null, quality: null,
 };
 window.station = state;  // for the browser tests and the preview benchmark
 state.previewStats = { frames: 0, latencies_ms: [], first_ms: null, last_ms: null };
@@ -556,7 +556,10 @@ function fingerLabel(finger, accept, long) {
   switch (finger.state) {
     case "scanning": return tr("finger_state.scanning");
     case "uploading": return tr("finger_state.uploading", { percent: Math.round((finger.progress || 0) * 100) });
-    case "retry": return tr("finger_state.retry", { nfiq2: finger.nfiq2, accept, attempt: finger.attempt || 1 });
+    case "retry": {
+      const advice = (finger.feedback || []).map((code) => tr(`feedback.${code}`, {}, "")).join(" ");
+      return `${tr("finger_state.retry", { nfiq2: finger.nfiq2, accept, attempt: finger.attempt || 1 })} ${advice}`.trim();
+    }
     case "captured": return long ? tr("finger_state.captured_long", { nfiq2: finger.nfiq2, accept }) : tr("finger_state.captured");
     case "forced": return tr("finger_state.forced", { nfiq2: finger.nfiq2, accept });
     case "exception": return tr(`exception.${finger.exception}`);
@@ -593,6 +596,7 @@ function onDevice(message) {
   if (message.event === "progress") {
     state.fingers[position] = { ...finger, state: "uploading", progress: message.body.received / message.body.total };
   }
+  if (message.event === "capture") state.feedback[position] = message.body.feedback || [];
   renderFingersIfShown();
 }
 
@@ -604,7 +608,8 @@ function onEvent(topic, body) {
   if (topic === "station.enrollment.finger.attempt") {
     const accept = state.hello.policy.nfiq2_accept;
     if (body.nfiq2 === null || body.nfiq2 < accept) {
-      state.fingers[body.position] = { state: "retry", nfiq2: body.nfiq2 === null ? "–" : body.nfiq2, attempt: body.attempt };
+      state.fingers[body.position] = { state: "retry", nfiq2: body.nfiq2 === null ? "–" : body.nfiq2, attempt: body.attempt,
+        feedback: body.no_fingerprint ? ["uniform_image"] : state.feedback[body.position] || [] };
       renderFingersIfShown();
     }
   }
