@@ -25,6 +25,7 @@ import zmq
 import zmq.asyncio
 
 from station.bus import FRAME_HWM, Reply, Subscriber
+from station import peers
 from station.console import banners
 from station.envelope import ENVELOPE_VERSION, MalformedMessage, Message, dump_json, name_payloads, payload_names
 from station.errors import CommandError, DeadlineExceeded, StationError
@@ -141,11 +142,10 @@ class Bridge:
         self.drivers = {name: {"kind": kind, "online": False, "state": "unknown", "detail": "", "condition": None}
                         for kind, names in self.driver_names.items() for name in names}
         endpoints = [self.paths.pub(self.settings["controller"])] + [self.paths.pub(n) for n in self.drivers]
-        self.events_sub = Subscriber(self.actx, endpoints, on_boot=self._on_boot,
-                                     offline_after_s=3.0, zap_domain="station.pub")
+        self.events_sub = Subscriber(self.actx, endpoints, on_boot=self._on_boot, zap_domain=peers.PUBLISHERS)
         if self.driver_names["camera"]:
             self.frames_sub = Subscriber(self.actx, [self.paths.frames(self.driver_names["camera"][0])], topics=(),
-                                         hwm=FRAME_HWM, zap_domain="station.pub")
+                                         hwm=FRAME_HWM, zap_domain=peers.PUBLISHERS)
             self._tasks.append(asyncio.get_running_loop().create_task(self._frames_loop()))
         self._tasks.append(asyncio.get_running_loop().create_task(self._events_loop()))
         for name in self.drivers:
@@ -206,8 +206,9 @@ class Bridge:
         driver = self.drivers.get(msg.src)
         if driver is None:
             return
-        if not driver["online"]:
+        if not driver["online"]:  # started after us, or back: adopt its snapshot (state, detail, config)
             driver["online"] = True
+            asyncio.get_running_loop().create_task(self._adopt(msg.src))
             self._changed()
         event = msg.event
         if event in ("status", "heartbeat"):

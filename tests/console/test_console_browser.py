@@ -36,7 +36,7 @@ def test_full_enrollment_in_vietnamese_with_a_reload_in_the_middle(console_stati
     person = applicant(7)
     fill_applicant(page, person)
     shot(page, "01-demographics")
-    page.click("#start-button")
+    page.press("#field-place_of_residence", "Enter")  # keyboard only: Enter submits the form
 
     # Portrait: the live preview with the guide; the camera auto-captures.
     expect(page.locator("#panel-photo")).to_be_visible()
@@ -44,7 +44,8 @@ def test_full_enrollment_in_vietnamese_with_a_reload_in_the_middle(console_stati
     wait_until(lambda: page.evaluate("window.station.previewStats.frames") >= 3, 15)
     expect(page.locator("#hint")).not_to_be_empty()
     shot(page, "02-portrait")
-    page.click("#capture-button")
+    expect(page.locator("#capture-button")).to_be_focused()  # the step's action has the focus
+    page.keyboard.press("Enter")
     expect(page.locator("#panel-fingers")).to_be_visible(timeout=30_000)
 
     # A reload in the middle resumes the same session at the same step.

@@ -338,6 +338,7 @@ async function openSession(view) {
   state.selected = view.next_finger;
   show("session");
   renderSession();
+  focusMain();
 }
 
 function fingerState(summary) {
