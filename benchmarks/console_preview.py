@@ -58,12 +58,10 @@ import os
 import platform
 import random
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import time
 from pathlib import Path
@@ -82,8 +80,9 @@ from station.console.daemon import accounts_path  # noqa: E402
 from station.demo import make_applicant  # noqa: E402
 from station.errors import StationError  # noqa: E402
 from station.paths import Paths  # noqa: E402
+from station.programs import Program, program_env, scripts_dir  # noqa: E402
 
-BIN = Path(sysconfig.get_path("scripts"))
+BIN = scripts_dir()
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
@@ -151,20 +150,16 @@ class Station:
         self.logs = top / "logs"
         for directory in (self.paths.etc, self.paths.state, self.paths.run, self.logs):
             directory.mkdir(parents=True, exist_ok=True)
-        self.env = {**os.environ, "STATION_ETC": str(self.paths.etc), "STATION_STATE": str(self.paths.state),
-                    "STATION_RUN": str(self.paths.run)}
-        self.env.pop("NOTIFY_SOCKET", None)
-        self.procs: dict[str, subprocess.Popen] = {}
+        self.env = program_env(self.paths)
+        self.procs: dict[str, Program] = {}
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         self.ctx = zmq.Context()
 
-    def spawn(self, name: str, argv: list[str], stdout: Any = None) -> subprocess.Popen:
-        with open(self.logs / f"{name}.log", "ab") as log:  # a file, never a pipe nobody drains
-            proc = subprocess.Popen(argv, env=self.env, start_new_session=True, stdin=subprocess.DEVNULL,
-                                    stdout=stdout or log, stderr=log)
-        self.procs[name] = proc
-        return proc
+    def spawn(self, name: str, argv: list[str], reads_stdout: bool = False) -> Program:
+        program = self.procs[name] = Program(argv, self.env, self.logs / f"{name}.log",
+                                             reads_stdout=reads_stdout).start()
+        return program
 
     def start(self) -> None:
         _, central_pub = keyring.write_central_pair(self.top / "central")
@@ -172,9 +167,8 @@ class Station:
         etc = self.paths.etc
         link = self.top / "fp0.tty"
         sensor = self.spawn("sensor", [str(BIN / "stationctl"), "emulate", "fingerprint", "--link", str(link),
-                                       "--control", str(self.paths.run / "sensor.ctl")], stdout=subprocess.PIPE)
-        if not sensor.stdout.readline().strip():
-            raise StationError(f"the fingerprint emulator did not start:\n{self.log_tail('sensor')}")
+                                       "--control", str(self.paths.run / "sensor.ctl")], reads_stdout=True)
+        sensor.first_line()
         (etc / "fingerprint@fp0.yaml").write_text(yaml.safe_dump({"port": str(link)}))
         (etc / f"camera@{CAMERA}.yaml").write_text(yaml.safe_dump({"source": {"kind": "emulated"}}))
         (etc / "controller.yaml").write_text(yaml.safe_dump(
@@ -210,28 +204,13 @@ class Station:
         raise StationError(f"timed out after {READY_TIMEOUT_S:.0f} s waiting for {what}")
 
     def check_alive(self) -> None:
-        for name, proc in self.procs.items():
-            if proc.poll() is not None:
-                raise StationError(f"{name} exited with status {proc.returncode}:\n{self.log_tail(name)}")
-
-    def log_tail(self, name: str, lines: int = 15) -> str:
-        try:
-            return "\n".join((self.logs / f"{name}.log").read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+        for name, program in self.procs.items():
+            if not program.alive:
+                raise StationError(f"{name} exited with status {program.returncode}:\n{program.log_tail()}")
 
     def stop(self) -> None:
-        for name in reversed(list(self.procs)):  # the console first, the sensor emulator last
-            proc = self.procs[name]
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-            if proc.stdout is not None:
-                proc.stdout.close()
+        for program in reversed(list(self.procs.values())):  # the console first, the sensor emulator last
+            program.stop()
         self.ctx.destroy(linger=0)
 
 
@@ -421,8 +400,8 @@ def main() -> int:
     finally:
         station.stop()
         if failed:
-            for name in station.procs:
-                if tail := station.log_tail(name, 8):
+            for name, program in station.procs.items():
+                if tail := program.log_tail(8):
                     progress(f"{name}.log ends:\n{tail}")
         if args.keep:
             progress(f"work directory and logs kept in {top}")

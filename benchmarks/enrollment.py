@@ -60,7 +60,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import threading
 import time
@@ -82,8 +81,9 @@ from station.demo import make_applicant  # noqa: E402
 from station.envelope import Message  # noqa: E402
 from station.errors import StationError  # noqa: E402
 from station.paths import Paths  # noqa: E402
+from station.programs import STOP_TIMEOUT_S, Program, program_env, scripts_dir  # noqa: E402
 
-BIN = Path(sysconfig.get_path("scripts"))
+BIN = scripts_dir()
 STATION_ID = "VN-HP-0001"
 BAUD = 115200
 CAMERA_FPS = 30.0
@@ -134,7 +134,8 @@ def sensor_emulator_main(link: Path, control: Path, baud: int) -> int:
     channel = ControlChannel(control, emulator.command, USAGE, "fingerprint-emulator").start()
 
     def stats() -> dict[str, Any]:
-        return {**asdict(emulator.stats), "frames_received": emulator.frames_received,
+        # The line's byte counters live in the shared toolkit's ``port_stats`` (drivers/emulation.py).
+        return {**asdict(emulator.stats), **asdict(emulator.port_stats), "frames_received": emulator.frames_received,
                 "bytes_received": emulator.bytes_received, "line_idle_wall_ns": emulator.line_idle_wall_ns,
                 "baud": emulator.parameters.baud,
                 "paced": emulator.baud is not None, "slow_s": emulator.faults.slow}
@@ -151,30 +152,19 @@ def sensor_emulator_main(link: Path, control: Path, baud: int) -> int:
 
 
 # -- processes ---------------------------------------------------------------------------------
-class Child:
-    """One station process: its own session (a ^C here reaches only us), log to a file."""
+class Child(Program):
+    """One station process; ``answers``: a wrapper answering ``ask`` on its stdin and stdout,
+    stopped by closing its stdin (SIGTERM only if that fails)."""
 
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], logs: Path, *, pipes: bool = False,
-                 ends_on_eof: bool = False):
-        self.name = name
-        self.ends_on_eof = ends_on_eof  # stopped by closing its stdin, SIGTERM only if that fails
-        self.log_path = logs / f"{name}.log"
-        self._log = open(self.log_path, "wb")
-        self.popen = subprocess.Popen(argv, env=env, start_new_session=True, stderr=self._log,
-                                      stdout=subprocess.PIPE if pipes else self._log,
-                                      stdin=subprocess.PIPE if pipes else subprocess.DEVNULL, text=pipes)
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], logs: Path, *, reads_stdout: bool = False,
+                 answers: bool = False):
+        super().__init__(argv, env, logs / f"{name}.log", reads_stdout=reads_stdout or answers, writes_stdin=answers)
         self._lock = threading.Lock()
-
-    def first_line(self) -> str:
-        line = self.popen.stdout.readline().strip()
-        if not line:
-            raise StationError(f"{self.name} did not start:\n{self.log_tail()}")
-        return line
 
     def ask(self, line: str) -> dict[str, Any]:
         """One request line on stdin, one JSON answer line on stdout."""
         with self._lock:
-            self.popen.stdin.write(line + "\n")
+            self.popen.stdin.write(f"{line}\n".encode())
             self.popen.stdin.flush()
             answer = self.popen.stdout.readline()
         if not answer:
@@ -184,42 +174,19 @@ class Child:
     def cpu_s(self) -> float:
         """User + system CPU seconds of the process so far."""
         try:
-            fields = Path(f"/proc/{self.popen.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             return float("nan")
         return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def stop(self, timeout_s: float = 5.0) -> int:
-        if self.popen.stdin is not None:
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S, sig: int = signal.SIGTERM) -> int | None:
+        if self.popen is not None and self.popen.stdin is not None:
             try:
                 self.popen.stdin.close()
-            except OSError:
-                pass
-            if self.ends_on_eof:
-                try:
-                    self.popen.wait(timeout_s)
-                except subprocess.TimeoutExpired:
-                    pass
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
                 self.popen.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
-        if self.popen.stdout is not None:
-            self.popen.stdout.close()
-        self._log.close()
-        return self.popen.returncode
-
-    def log_tail(self, lines: int = 15) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+        return super().stop(timeout_s, sig)
 
 
 class Station:
@@ -229,17 +196,16 @@ class Station:
         self.logs = top / "logs"
         for directory in (self.paths.etc, self.paths.state, self.paths.run, self.logs):
             directory.mkdir(parents=True, exist_ok=True)
-        self.env = {**os.environ, "STATION_ETC": str(self.paths.etc), "STATION_STATE": str(self.paths.state),
-                    "STATION_RUN": str(self.paths.run)}
-        self.env.pop("NOTIFY_SOCKET", None)
+        self.env = program_env(self.paths)
         self.children: dict[str, Child] = {}
         self.ctx = zmq.Context()
         self.sensor_control = self.paths.run / "fp0-sensor.ctl"
         self.camera_control = self.paths.run / "cam0-camera.ctl"
         self.final_sensor_stats: dict[str, Any] = {}
 
-    def spawn(self, name: str, argv: list[str], pipes: bool = False, ends_on_eof: bool = False) -> Child:
-        child = Child(name, argv, self.env, self.logs, pipes=pipes, ends_on_eof=ends_on_eof)
+    def spawn(self, name: str, argv: list[str], reads_stdout: bool = False, answers: bool = False) -> Child:
+        child = Child(name, argv, self.env, self.logs, reads_stdout=reads_stdout, answers=answers)
+        child.start()
         self.children[name] = child
         return child
 
@@ -247,12 +213,11 @@ class Station:
         _, central_pub = keyring.write_central_pair(self.top / "central")
         keyring.provision(self.paths.keys, STATION_ID, central_pub.read_bytes())
         sensor = self.spawn("sensor", [sys.executable, __file__, "--sensor-emulator", str(self.top / "fp0.tty"),
-                                       "--control", str(self.sensor_control), "--baud", str(BAUD)], pipes=True,
-                            ends_on_eof=True)
+                                       "--control", str(self.sensor_control), "--baud", str(BAUD)], answers=True)
         port = sensor.first_line()
         camera = self.spawn("camera", [str(BIN / "stationctl"), "emulate", "camera", "--fps", f"{CAMERA_FPS:g}",
                                        "--link", str(self.top / "cam0.mjpeg"), "--control", str(self.camera_control),
-                                       "--log-level", "WARNING"], pipes=True)
+                                       "--log-level", "WARNING"], reads_stdout=True)
         fifo = camera.first_line()
         etc = self.paths.etc
         (etc / "fingerprint@fp0.yaml").write_text(yaml.safe_dump({"port": port, "baud": BAUD}))
@@ -266,8 +231,8 @@ class Station:
 
     def check_alive(self) -> None:
         for child in self.children.values():
-            if not child.alive():
-                raise StationError(f"{child.name} exited with status {child.popen.returncode}:\n{child.log_tail()}")
+            if not child.alive:
+                raise StationError(f"{child.name} exited with status {child.returncode}:\n{child.log_tail()}")
 
     def call(self, name: str, cmd: str, args: dict | None = None, timeout_s: float = STEP_TIMEOUT_S) -> dict:
         client = CommandClient(self.ctx, self.paths.cmd(name), name=name)
@@ -313,7 +278,7 @@ class Station:
 
     def stop(self) -> dict[str, int]:
         codes = {}
-        if "sensor" in self.children and self.children["sensor"].alive():
+        if "sensor" in self.children and self.children["sensor"].alive:
             try:
                 self.final_sensor_stats = self.sensor_stats()
             except (StationError, OSError, ValueError):

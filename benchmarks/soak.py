@@ -93,7 +93,6 @@ import sqlite3
 import struct
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import threading
 import time
@@ -116,9 +115,10 @@ from station.demo import make_applicant  # noqa: E402
 from station.errors import CommandError, StationError  # noqa: E402
 from station.outbox import Outbox  # noqa: E402
 from station.paths import Paths  # noqa: E402
+from station.programs import Program, program_env, scripts_dir  # noqa: E402
 from station.store import RecordStore  # noqa: E402
 
-BIN = Path(sysconfig.get_path("scripts"))
+BIN = scripts_dir()
 STATION_ID = "VN-HP-0001"
 OPERATOR = "soak-officer"
 NAMESPACE_MARK = "STATION_SOAK_NAMESPACE"
@@ -355,19 +355,18 @@ def check_events(central: list[dict[str, Any]], journal: dict[int, tuple[str, di
 
 
 # == processes as systemd runs them ============================================================
-class Program:
-    """One daemon (or emulator) and every process it has been; restarted by ``Supervisor``."""
+class Service:
+    """One daemon (or emulator) as systemd runs it: its program and every process it has
+    been; restarted by ``Supervisor``."""
 
     def __init__(self, name: str, argv: list[str], env: dict[str, str], log: Path, *, notify: Path | None = None,
                  restart: bool = True, first_line: bool = False):
-        self.name, self.argv, self.log_path = name, argv, log
-        self.env = dict(env)
-        self.env.pop("NOTIFY_SOCKET", None)
+        self.name = name
+        env = dict(env)
         if notify is not None:
-            self.env.update(NOTIFY_SOCKET=str(notify), WATCHDOG_USEC=str(int(WATCHDOG_SEC * 1e6)))
+            env.update(NOTIFY_SOCKET=str(notify), WATCHDOG_USEC=str(int(WATCHDOG_SEC * 1e6)))
+        self.program = Program([*PDEATHSIG, *argv], env, log, reads_stdout=first_line)
         self.restart = restart
-        self.first_line = first_line
-        self.popen: subprocess.Popen | None = None
         self.lifetimes: list[Lifetime] = []
         self.lock = threading.Lock()
         self.held = False           # kept down on purpose (collector_down): no restart
@@ -375,23 +374,20 @@ class Program:
         self.restart_at: float | None = None
         self.unexpected: list[str] = []
 
+    @property
+    def log_path(self) -> Path:
+        return self.program.log_path
+
     def start(self) -> str:
         """Start a new process (from the supervisor thread or the main thread only: its
-        children die with the thread that started them, ``--pdeathsig``)."""
-        with open(self.log_path, "ab") as log:
-            self.popen = subprocess.Popen(
-                [*PDEATHSIG, *self.argv], env=self.env, stdin=subprocess.DEVNULL, stderr=log,
-                stdout=subprocess.PIPE if self.first_line else log, start_new_session=True)
+        children die with the thread that started them, ``--pdeathsig``); an emulator's
+        first line (its device path), else ""."""
+        self.program.start()
         with self.lock:
-            self.lifetimes.append(Lifetime(self.name, self.popen.pid, time.monotonic()))
+            self.lifetimes.append(Lifetime(self.name, self.program.pid, time.monotonic()))
             self.expect_death = False
             self.restart_at = None
-        if self.first_line:
-            line = self.popen.stdout.readline().decode().strip()
-            if not line:
-                raise StationError(f"{self.name} did not start: see {self.log_path}")
-            return line
-        return ""
+        return self.program.first_line() if self.program.reads_stdout else ""
 
     @property
     def current(self) -> Lifetime | None:
@@ -402,55 +398,52 @@ class Program:
             return next((lt for lt in reversed(self.lifetimes) if lt.pid == pid), None)
 
     def alive(self) -> bool:
-        return self.popen is not None and self.popen.poll() is None
+        return self.program.alive
+
+    def _ending(self, why: str) -> bool:
+        """Note (under ``lock``) that the running process ends by the soak's doing; False if
+        none runs."""
+        if not self.program.alive:
+            return False
+        self.expect_death = True
+        self.current.ended, self.current.end = time.monotonic(), why
+        return True
 
     def signal(self, signum: int, why: str) -> bool:
         """Signal the running process as the soak's own doing; False if none runs."""
         with self.lock:
-            if not self.alive():
-                return False
-            self.expect_death = True
-            self.current.ended, self.current.end = time.monotonic(), why
-            self.popen.send_signal(signum)
-        return True
+            return self._ending(why) and self.program.signal(signum)
 
     def reap(self, now: float) -> bool:
         """Note a death seen by the supervisor; True if the process just died."""
         with self.lock:
-            if self.popen is None or self.popen.poll() is None or self.current.reaped:
+            status = self.program.returncode
+            if status is None or self.current.reaped:
                 return False
             life = self.current
             life.reaped = True
             if not self.expect_death:
-                life.ended, life.end = now, f"exited {self.popen.returncode}"
-                self.unexpected.append(f"{self.name} pid {life.pid} exited {self.popen.returncode} "
-                                       f"(not killed by the soak)")
+                life.ended, life.end = now, f"exited {status}"
+                self.unexpected.append(f"{self.name} pid {life.pid} exited {status} (not killed by the soak)")
             return True
 
     def stop(self, timeout_s: float = 10.0) -> int | None:
+        """SIGTERM, SIGKILL after ``timeout_s``: the exit status; None if it had to be killed."""
         with self.lock:
             self.held = True
-        if self.signal(signal.SIGTERM, "stopped"):
-            try:
-                self.popen.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
-                return None
-        return None if self.popen is None else self.popen.returncode
+            self._ending("stopped")
+        status = self.program.stop(timeout_s)
+        return None if self.program.killed else status
 
     def log_tail(self, lines: int = 12) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+        return self.program.log_tail(lines)
 
 
 class NotifyListener:
     """The notify sockets systemd would own, one per daemon; each datagram attributed to its
     sender's PID through SO_PASSCRED."""
 
-    def __init__(self, run: Path, programs: dict[str, Program]):
+    def __init__(self, run: Path, programs: dict[str, Service]):
         self.programs = programs
         self.sockets: dict[socket.socket, str] = {}
         self.paths: dict[str, Path] = {}
@@ -500,7 +493,7 @@ class Supervisor:
     """systemd's part: restart a dead daemon after RestartSec (1-2 s) unless held down; and
     sample each live daemon's VmRSS."""
 
-    def __init__(self, programs: dict[str, Program], seed: int):
+    def __init__(self, programs: dict[str, Service], seed: int):
         self.programs = programs
         self.rng = random.Random(f"soak-restart:{seed}")
         self.errors: list[str] = []
@@ -809,12 +802,10 @@ class Soak:
                              run=Path(tempfile.mkdtemp(prefix="soak-col-", dir="/tmp")))
         self.logs = self.top / "logs"
         self.ballast = self.paths.state / "ballast"
-        self.env = {**os.environ, "STATION_ETC": str(self.paths.etc), "STATION_STATE": str(self.paths.state),
-                    "STATION_RUN": str(self.paths.run)}
-        self.central_env = {**os.environ, "STATION_ETC": str(self.central.etc),
-                            "STATION_STATE": str(self.central.state), "STATION_RUN": str(self.central.run)}
+        self.env = program_env(self.paths)
+        self.central_env = program_env(self.central)
         self.ctx = zmq.Context()
-        self.programs: dict[str, Program] = {}
+        self.programs: dict[str, Service] = {}
         self.problems: list[str] = []
         self.fault_log: list[dict[str, Any]] = []
         self.injected: Counter[str] = Counter()
@@ -874,8 +865,8 @@ class Soak:
             raise StationError(f"station-collector {args[0]} failed: {done.stderr.strip()}")
         return done.stdout
 
-    def add(self, name: str, argv: list[str], env: dict[str, str], **kwargs: Any) -> Program:
-        program = Program(name, argv, env, self.logs / f"{name}.log", **kwargs)
+    def add(self, name: str, argv: list[str], env: dict[str, str], **kwargs: Any) -> Service:
+        program = Service(name, argv, env, self.logs / f"{name}.log", **kwargs)
         self.programs[name] = program
         return program
 

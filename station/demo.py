@@ -39,7 +39,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sysconfig
 import tempfile
 import threading
 import time
@@ -59,6 +58,7 @@ from station.enrollment import FINGER_NAMES
 from station.errors import StationError
 from station.paths import Paths
 from station.outbox import Outbox
+from station.programs import Program, program_env, scripts_dir
 from station.store import RecordStore
 
 SURNAMES = ["Nguyễn", "Trần", "Lê", "Phạm", "Hoàng", "Huỳnh", "Phan", "Vũ", "Đặng", "Bùi", "Đỗ", "Ngô"]
@@ -80,44 +80,6 @@ LIFTED_S = 86000  # "no finger" until the scanner asks again (the emulator's lim
 
 
 @dataclass
-class Process:
-    name: str
-    argv: list[str]
-    log_path: Path
-    reads_stdout: bool = False  # an emulator prints its device path there
-    popen: subprocess.Popen | None = None
-    log_file: Any = None
-
-    def start(self, env: dict[str, str]) -> None:
-        self.log_file = open(self.log_path, "wb")
-        self.popen = subprocess.Popen(self.argv, env=env, stdout=subprocess.PIPE if self.reads_stdout else
-                                      self.log_file, stderr=self.log_file, start_new_session=True)
-
-    def alive(self) -> bool:
-        return self.popen is not None and self.popen.poll() is None
-
-    def stop(self, timeout_s: float = 5.0) -> int | None:
-        if self.popen is None:
-            return None
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
-                return -9
-        self.log_file.close()
-        return self.popen.returncode
-
-    def log_tail(self, lines: int = 15) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-
-@dataclass
 class ApplicantResult:
     number: int
     applicant: dict[str, Any]
@@ -132,11 +94,6 @@ class ApplicantResult:
     card: str = ""  # DIR/cards/<record>: the printed card's sides and panels
     chip: dict[str, Any] = field(default_factory=dict)  # stationctl chip verify's verdict on its chip
     error: str = ""
-
-
-def scripts_dir() -> Path:
-    """Where pip put our console scripts (the venv's bin)."""
-    return Path(sysconfig.get_path("scripts"))
 
 
 def short_run_dir(workdir: Path) -> Path:
@@ -276,7 +233,7 @@ class Demo:
         self.rng = random.Random(seed)
         self.paths = Paths(etc=workdir / "etc", state=workdir / "state", run=short_run_dir(workdir))
         self.logs = workdir / "logs"
-        self.processes: list[Process] = []
+        self.processes: list[Program] = []
         self.ctx = zmq.Context()
         self.results: list[ApplicantResult] = []
         self.central_key: Path | None = None  # central's private key; the demo plays central too
@@ -290,15 +247,12 @@ class Demo:
 
     # -- processes --------------------------------------------------------------------------
     def env(self, paths: Paths | None = None) -> dict[str, str]:
-        paths = paths or self.paths
-        env = dict(os.environ)
-        env.update(STATION_ETC=str(paths.etc), STATION_STATE=str(paths.state), STATION_RUN=str(paths.run))
-        env.pop("NOTIFY_SOCKET", None)
-        return env
+        return program_env(paths or self.paths)
 
-    def spawn(self, name: str, argv: list[str], reads_stdout: bool = False, paths: Paths | None = None) -> Process:
-        process = Process(name, argv, self.logs / f"{name}.log", reads_stdout)
-        process.start(self.env(paths))
+    def spawn(self, name: str, argv: list[str], reads_stdout: bool = False, paths: Paths | None = None) -> Program:
+        log = self.logs / f"{name}.log"
+        log.unlink(missing_ok=True)  # a --workdir used again: each log holds this run only
+        process = Program(argv, self.env(paths), log, reads_stdout=reads_stdout).start()
         self.processes.append(process)
         return process
 
@@ -309,10 +263,7 @@ class Demo:
         self.sensor_control = self.paths.run / "fp0-sensor.ctl"
         emulator = self.spawn("emulator", [str(bindir / "stationctl"), "emulate", "fingerprint", "--link", str(link),
                                            "--control", str(self.sensor_control)], reads_stdout=True)
-        line = emulator.popen.stdout.readline().decode().strip()
-        if not line:
-            raise StationError(f"fingerprint emulator did not start:\n{emulator.log_tail()}")
-        return line
+        return emulator.first_line()
 
     def start_chip_encoder(self) -> None:
         """The printer's contactless encoder: a private pcscd with a virtual reader. Started
@@ -351,10 +302,7 @@ class Demo:
         emulator = self.spawn("printer-emulator", [str(scripts_dir() / "stationctl"), "emulate", "printer",
                                                    "--link", str(link), "--out", str(self.printer_out), *chip],
                               reads_stdout=True)
-        line = emulator.popen.stdout.readline().decode().strip()
-        if not line:
-            raise StationError(f"printer emulator did not start:\n{emulator.log_tail()}")
-        return line
+        return emulator.first_line()
 
     def place_finger(self, applicant_seed: int, position: int, quality: str = "good") -> None:
         """The applicant puts a finger on the glass (the emulator's control channel)."""
@@ -403,8 +351,8 @@ class Demo:
 
     def check_alive(self) -> None:
         for process in self.processes:
-            if not process.alive():
-                raise StationError(f"{process.name} exited with status {process.popen.returncode}:\n"
+            if not process.alive:
+                raise StationError(f"{process.name} exited with status {process.returncode}:\n"
                                    f"{process.log_tail()}")
 
     # -- the console --------------------------------------------------------------------------

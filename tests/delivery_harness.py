@@ -11,7 +11,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -19,11 +18,12 @@ from pathlib import Path
 
 import yaml
 
-from station import keyring, sealing
+from station import keyring, programs, sealing
 from station.outbox import Outbox
 from station.store import RecordStore
 
-BIN = Path(sys.executable).parent
+BIN = programs.scripts_dir()
+STOP_TIMEOUT_S = 10.0  # a gateway or uplink still draining after this is hung
 
 
 def free_port() -> int:
@@ -136,23 +136,32 @@ class Relay:
 
 
 class Program:
-    """One of our programs as a process of its own, its output appended to ``log``."""
+    """One of our programs as a process of its own, its output appended to ``log``; a
+    subclass sets ``argv``, ``env`` and ``log``. Stopped and started again, it is a restart."""
 
     argv: list[str]
     env: dict
     log: Path
-    proc: subprocess.Popen | None = None
+    process: programs.Program | None = None
 
     def start(self):
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        self.process = programs.Program(self.argv, self.env, self.log, own_session=False).start()
         return self
 
+    @property
+    def proc(self) -> subprocess.Popen | None:
+        """The running process (``benchmarks/uplink.py`` polls and signals it)."""
+        return None if self.process is None else self.process.popen
+
     def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            self.proc.wait(10)
-        self.proc = None
+        """``sig`` and its end; one that outlives SIGTERM by STOP_TIMEOUT_S is killed and fails the test."""
+        process, self.process = self.process, None
+        if process is None:
+            return
+        process.stop(STOP_TIMEOUT_S, sig)
+        if process.killed:
+            raise AssertionError(f"{process.name} did not end within {STOP_TIMEOUT_S:g} s of signal {sig}: "
+                                 f"killed; {self.log} ends:\n{process.log_tail()}")
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
@@ -193,7 +202,7 @@ class Central(Program):
         return result.stdout
 
     def reload(self) -> None:
-        self.proc.send_signal(signal.SIGHUP)
+        self.process.signal(signal.SIGHUP)
 
     def records(self) -> dict[str, str]:
         """record id -> sha256 of what the embedded storage holds (from its index and files)."""

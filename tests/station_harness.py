@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 import signal
 import subprocess
-import sysconfig
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -17,8 +16,9 @@ from station import demographics
 from station.bus import CommandClient
 from station.errors import StationError
 from station.paths import Paths
+from station.programs import Program, scripts_dir, terminate
 
-BIN = Path(sysconfig.get_path("scripts"))
+BIN = scripts_dir()
 PROGRAMS = {"fp0": ["station-fingerprintd", "fp0"], "cam0": ["station-camerad", "cam0"],
             "printer0": ["station-printerd", "printer0"], "controller": ["station-controller"]}
 
@@ -47,15 +47,13 @@ class Station:
         ``printer_args`` for its command line (``--print-s 3``); None: no printer."""
         self.env, self.root, self.ctx = env, root, ctx
         self.paths = Paths.resolve()
+        # Popens, not Programs: the console tests start the console themselves and add it here.
         self.procs: dict[str, subprocess.Popen] = {}
         link, self.control = root / "fp0.tty", self.paths.run / "sensor.ctl"
         etc = self.paths.etc
         if sensor:
-            emulator = subprocess.Popen([str(BIN / "stationctl"), "emulate", "fingerprint", "--link", str(link),
-                                         "--control", str(self.control)], env=env, stdout=subprocess.PIPE,
-                                        stderr=subprocess.DEVNULL)
-            self.procs["emulator"] = emulator
-            assert emulator.stdout.readline().strip()
+            self.spawn("emulator", [str(BIN / "stationctl"), "emulate", "fingerprint", "--link", str(link),
+                                    "--control", str(self.control)], reads_stdout=True).first_line()
             (etc / "fingerprint@fp0.yaml").write_text(yaml.safe_dump({"port": str(link)}))
         if camera:
             (etc / "camera@cam0.yaml").write_text(yaml.safe_dump({"source": {"kind": "emulated"}}))
@@ -66,12 +64,9 @@ class Station:
         self.cards = root / "cards"
         if printer is not None:
             link = root / "printer0.tty"
-            emulator = subprocess.Popen(
-                [str(BIN / "stationctl"), "emulate", "printer", "--link", str(link), "--control",
-                 str(self.printer_control), "--out", str(self.cards), "--faults", printer, *printer_args],
-                env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-            self.procs["printer-emulator"] = emulator
-            assert emulator.stdout.readline().strip()
+            self.spawn("printer-emulator", [str(BIN / "stationctl"), "emulate", "printer", "--link", str(link),
+                                            "--control", str(self.printer_control), "--out", str(self.cards),
+                                            "--faults", printer, *printer_args], reads_stdout=True).first_line()
             (etc / "printer@printer0.yaml").write_text(yaml.safe_dump({"port": str(link)}))
             drivers["printer"] = ["printer0"]
             controller = {"printing": {"instant_issuance": True}, **(controller or {})}
@@ -79,10 +74,16 @@ class Station:
             {"drivers": drivers, "offline_after_s": 2.0, **(controller or {})}))
 
     def start(self, name: str) -> subprocess.Popen:
+        """Start one of ``PROGRAMS`` again, as systemd's Restart= would: its log goes on."""
         argv = PROGRAMS[name]
-        with open(self.log(name), "ab") as log:  # a file, never a pipe nobody drains
-            self.procs[name] = subprocess.Popen([str(BIN / argv[0]), *argv[1:]], env=self.env, stderr=log)
-        return self.procs[name]
+        return self.spawn(name, [str(BIN / argv[0]), *argv[1:]]).popen
+
+    def spawn(self, name: str, argv: list[str], reads_stdout: bool = False) -> Program:
+        """``argv`` as process ``name``, logging to ``log(name)``; in pytest's session, so a ^C
+        to pytest ends it too."""
+        program = Program(argv, self.env, self.log(name), reads_stdout=reads_stdout, own_session=False).start()
+        self.procs[name] = program.popen
+        return program
 
     def log(self, name: str) -> Path:
         return self.root / f"{name}.log"
@@ -123,10 +124,4 @@ class Station:
 
     def stop(self) -> None:
         for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            terminate(proc, 5.0)
