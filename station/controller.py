@@ -359,11 +359,13 @@ class Controller(Daemon):
 
     def _cmd_review(self, request: Request) -> None:
         """What the officer checks before finish: the session, the applicant's demographics
-        and the record portrait (payload ``portrait.jpg``) for the officer's screen only."""
+        and the record portrait (payload ``portrait.jpg``; ``exception-photo.jpg`` when there is one)
+        for the officer's screen only."""
         session = self._session(request, idle=False)
         images = {}
-        if session.portrait is not None:
-            images["portrait.jpg"] = self.store.capture(session.session_id, session.portrait.images[0])
+        for name, photo in (("portrait.jpg", session.portrait), ("exception-photo.jpg", session.exception_photo)):
+            if photo is not None:  # the record JPEG, first of its images
+                images[name] = self.store.capture(session.session_id, photo.images[0])
         request.reply({**session.view(), "applicant": dict(session.applicant)}, images)
 
     def _in_worker(self, request: Request, session: Session, job: Callable[[], Any],

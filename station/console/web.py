@@ -165,7 +165,7 @@ class Console:
             web.post("/api/sign-out", self._sign_out),
             web.get("/api/me", self._me),
             web.get("/api/applicant-fields", self._applicant_fields),
-            web.get("/api/sessions/{session}/portrait.jpg", self._portrait),
+            web.get("/api/sessions/{session}/{photo:portrait|exception-photo}.jpg", self._photo),
             web.get("/ws", self._events_socket),
             web.get("/ws/preview", self._preview_socket),
             web.static("/static", Path(str(static)), follow_symlinks=False),
@@ -288,12 +288,14 @@ class Console:
     async def _me(self, request: web.Request) -> web.Response:
         return web.json_response(self._signed_in(request).account)
 
-    async def _portrait(self, request: web.Request) -> web.Response:
+    async def _photo(self, request: web.Request) -> web.Response:
+        """The session's portrait or exception photo, for the review (never cached: no-store)."""
         self._signed_in(request)
+        name = f"{request.match_info['photo']}.jpg"
         reply = await self._controller("session.review", {"session": request.match_info["session"]})
-        if "portrait.jpg" not in reply.names:
-            raise web.HTTPNotFound(text="no portrait yet")
-        return web.Response(body=bytes(reply.payload("portrait.jpg")), content_type="image/jpeg")
+        if name not in reply.names:
+            raise web.HTTPNotFound(text=f"no {request.match_info['photo']} yet")
+        return web.Response(body=bytes(reply.payload(name)), content_type="image/jpeg")
 
     async def _controller(self, cmd: str, args: dict[str, Any]) -> Any:
         if self.bridge is None:

@@ -79,7 +79,8 @@ def test_full_enrollment_in_vietnamese_with_a_reload_in_the_middle(console_stati
     expect(page.locator("#panel-review")).to_be_visible(timeout=30_000)
     expect(page.locator("#review-applicant")).to_contain_text(person["id_number"])
     expect(page.locator("#review-fingers")).to_contain_text("Cụt")  # the exception, in Vietnamese
-    wait_until(lambda: page.evaluate("document.getElementById('review-portrait').naturalWidth") > 0)
+    for photo in ("review-portrait", "review-exception-photo"):
+        wait_until(lambda: page.evaluate(f"document.getElementById('{photo}').naturalWidth") > 0)
     shot(page, "04-review")
     page.click("#finish-button")
     expect(page.locator("#view-done")).to_be_visible(timeout=60_000)

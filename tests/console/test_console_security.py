@@ -74,10 +74,12 @@ def test_a_foreign_host_name_is_refused(console_station):
 
 
 def test_nothing_answers_without_a_signed_in_operator(console_station):
+    photos = [f"api/sessions/0123456789abcdef/{name}.jpg" for name in ("portrait", "exception-photo")]
+
     async def go():
         statuses = {}
         async with aiohttp.ClientSession() as session:
-            for path in ("api/me", "api/applicant-fields", "api/sessions/0123456789abcdef/portrait.jpg"):
+            for path in ("api/me", "api/applicant-fields", *photos):
                 async with session.get(f"{console_station.url}{path}") as response:
                     statuses[path] = response.status
             for path in ("ws", "ws/preview"):
@@ -86,8 +88,7 @@ def test_nothing_answers_without_a_signed_in_operator(console_station):
                                              headers={"Origin": console_station.url.rstrip("/")})
                 statuses[path] = refused.value.status
         return statuses
-    assert run(go()) == {"api/me": 401, "api/applicant-fields": 401,
-                         "api/sessions/0123456789abcdef/portrait.jpg": 401, "ws": 401, "ws/preview": 401}
+    assert run(go()) == dict.fromkeys(["api/me", "api/applicant-fields", *photos, "ws", "ws/preview"], 401)
 
 
 def test_a_forged_cookie_and_a_signed_out_cookie_are_refused(console_station):

@@ -640,6 +640,10 @@ async function renderReview() {
   img.hidden = !view.portrait;
   if (view.portrait) img.src = `/api/sessions/${view.session}/portrait.jpg?t=${view.updated_ns}`;
   img.alt = tr("step.portrait");
+  const exceptionPhoto = $("review-exception-photo");
+  exceptionPhoto.hidden = !view.exception_photo;
+  if (view.exception_photo) exceptionPhoto.src = `/api/sessions/${view.session}/exception-photo.jpg?t=${view.updated_ns}`;
+  exceptionPhoto.alt = tr("step.exception_photo");
   const table = $("review-fingers");
   table.textContent = "";
   const accept = state.hello.policy.nfiq2_accept;
