@@ -32,10 +32,11 @@ Figures:
   is judged within one frame of the window (>= 15 - 1 / ``seconds``).
 - ``p50_latency_ms``, ``p95_latency_ms``: the page's receive time (``performance.timeOrigin
   + performance.now()``) minus the frame's acquisition time, from the page's own
-  ``latencies_ms``. The camera stamps ``t_acq_ns`` with ``time.monotonic_ns()`` and the page
-  reads it as wall-clock time, so each raw value is off by this machine's wall-minus-
-  monotonic offset (decades): when they are, the offset, measured here from the same two
-  kernel clocks, is subtracted and ``problems`` says so.
+  ``latencies_ms``. The camera stamps ``t_acq_ns`` with ``time.monotonic_ns()``; the
+  console's bridge adds ``t_acq_wall_ns``, the same instant on the wall clock, which the
+  page subtracts. Should a page ever mix the two clocks again (values off by decades), the
+  offset, measured here from the same two kernel clocks, is subtracted and ``problems``
+  says so.
 - ``baseline_p50_latency_ms``, ``baseline_p95_latency_ms``: ``time.monotonic_ns()`` at the
   baseline's receipt minus ``t_acq_ns``: acquisition, analysis and JPEG encoding in the
   camera daemon and the bus; what the console and the browser add is the difference.
