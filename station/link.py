@@ -90,7 +90,7 @@ _VALIDATORS = {op: jsonschema.Draft202012Validator(schema) for op, schema in SCH
 class LinkMessage:
     op: str
     header: dict[str, Any]
-    payload: bytes = b""
+    payload: bytes | memoryview = b""
 
     def __getitem__(self, key: str) -> Any:
         return self.header[key]
@@ -120,8 +120,9 @@ def decode(frames: list, allowed: frozenset[str]) -> LinkMessage:
     if not isinstance(header, dict) or header.get("op") not in allowed:
         op = header.get("op") if isinstance(header, dict) else None
         raise BadRequest(f"unknown link message {str(op)[:40]!r}; expected one of {', '.join(sorted(allowed))}")
-    problem = jsonschema.exceptions.best_match(_VALIDATORS[header["op"]].iter_errors(header))
-    if problem is not None:
+    validator = _VALIDATORS[header["op"]]
+    if not validator.is_valid(header):  # the quick check; the explanation only for a bad message
+        problem = jsonschema.exceptions.best_match(validator.iter_errors(header))
         where = "/".join(str(p) for p in problem.absolute_path) or "header"
         raise BadRequest(f"{header['op']}: {where}: {problem.message[:200]}")
     payload = frames[1] if len(frames) == 2 else b""

@@ -318,8 +318,7 @@ class SealedHeader:
 
     def to_json(self) -> bytes:
         """Canonical form: sorted keys, no whitespace, ASCII. Parsing insists on this form."""
-        return json.dumps(dataclasses.asdict(self), sort_keys=True, separators=(",", ":"),
-                          ensure_ascii=True).encode("ascii")
+        return _canonical_json(dataclasses.asdict(self))
 
     @classmethod
     def from_json(cls, raw: bytes) -> "SealedHeader":
@@ -336,12 +335,16 @@ class SealedHeader:
         for name, check in _HEADER_CHECKS.items():
             if not check(value[name]):
                 raise _format_error(f"header field {name} has an invalid value {str(value[name])[:40]!r}")
-        header = cls(**value)
-        if header.to_json() != bytes(raw):
+        if _canonical_json(value) != bytes(raw):  # the checked fields, as to_json would write them
             raise _format_error("header is not in canonical form")
+        header = cls(**value)
         if header.ciphertext_bytes != header.plaintext_bytes + ENC_BYTES + TAG_BYTES:
             raise _format_error("header ciphertext_bytes does not follow from plaintext_bytes")
         return header
+
+
+def _canonical_json(fields: dict) -> bytes:
+    return json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
 
 
 def _int_in(low: int, high: int):
@@ -451,11 +454,11 @@ def _unpack(blob: bytes) -> _Parts:
         offset += length
     if offset != len(view):
         raise _format_error(f"{len(view) - offset} trailing bytes")
-    header_json, ed_sig, ml_sig, ciphertext = parts
-    header = SealedHeader.from_json(bytes(header_json))
+    header_json, ed_sig, ml_sig, ciphertext = bytes(parts[0]), *parts[1:]
+    header = SealedHeader.from_json(header_json)
     if header.ciphertext_bytes != len(ciphertext):
         raise _format_error(f"header says {header.ciphertext_bytes} ciphertext bytes, blob has {len(ciphertext)}")
-    return _Parts(header, bytes(header_json), bytes(ed_sig), bytes(ml_sig), ciphertext)
+    return _Parts(header, header_json, bytes(ed_sig), bytes(ml_sig), ciphertext)
 
 
 def read_header(blob: bytes) -> SealedHeader:

@@ -7,7 +7,9 @@ configured endpoints in turn, and speaks ``station.link``:
 - events go in journal order, one batch in flight, outside the record window, so they are
   never stuck behind a record backlog;
 - records go oldest first, offered then sent in pieces under the window of
-  ``station.delivery``; a record is marked delivered only on the collector's ``stored``;
+  ``station.delivery``; a record is marked delivered only on the collector's ``stored``,
+  by a marker thread with its own connection to the store, so the loop goes on sending
+  while a mark's fsync is under way;
 - a failed connection is retried with capped, jittered exponential backoff; a path that
   goes silent (no answer to pings for ``stall_s``) is abandoned for the next endpoint;
 - later, delivered records are confirmed by id and hash; one central does not have is sent
@@ -37,7 +39,7 @@ from station.sealing import StationPublicKeys
 
 CONNECT_EVENTS = zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | \
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED
-OUTBOX_POLL_S = 0.5
+OUTBOX_POLL_S = 0.5     # the store is read again this often for records and events, when it had none
 STATUS_EVERY_S = 30.0
 FIGURES_EVERY_S = 1.0
 
@@ -52,6 +54,8 @@ class Uplink(Daemon):
         self.public_key, self._secret_key = keyring.load_transport(paths.keys)
         self.station_id = StationPublicKeys.from_pem((paths.keys / keyring.STATION_PUB).read_bytes()).station_id
         self.outbox: Outbox | None = None
+        self.marks: Outbox | None = None  # the marker thread's own connection to the store
+        self.marker = self.add_worker("marker")  # writes delivered marks: the loop never waits on their fsync
         self.socket: zmq.Socket | None = None
         self.monitor: zmq.Socket | None = None
         self.backoff = link.Backoff(self.config["backoff"]["initial_s"], self.config["backoff"]["max_s"])
@@ -67,9 +71,10 @@ class Uplink(Daemon):
         self._events_sent = 0         # highest journal seq sent on this connection
         self._events_inflight = False
         self._confirm_inflight = False
-        self._next_confirm = self._next_outbox = self._next_status = self._next_figures = 0.0
+        self._next_confirm = self._next_outbox = self._next_journal = self._next_status = self._next_figures = 0.0
         self._queued: deque = deque()  # undelivered records not yet in the window
         self._stored: list[tuple[str, dict]] = []  # acknowledged, to mark delivered in one go
+        self._marking: set[str] = set()  # record ids whose delivered mark the marker is writing
         self._after: tuple[int, str] | None = None
         self.backlog: Backlog | None = None
         self._sent_log: deque = deque()  # (time, bytes) for throughput
@@ -205,6 +210,7 @@ class Uplink(Daemon):
         if message["last_seq"] > self.outbox.events_acked():
             self.outbox.set_events_acked(min(message["last_seq"], journal_end))
         self._events_sent = message["last_seq"]
+        self._next_journal = now
         self._next_confirm = now  # a reconnect is a good moment to confirm what was delivered
 
     def _on_events_ack(self, message: link.LinkMessage, now: float) -> None:
@@ -228,10 +234,20 @@ class Uplink(Daemon):
         self.counters["records_duplicate" if message.header.get("duplicate") else "records_delivered"] += 1
 
     def _mark_delivered(self) -> None:
-        """Every ``stored`` of one receive burst in one transaction (one fsync, not one each)."""
-        if self._stored:
+        """Every ``stored`` that arrived while the last marks were written, in one transaction
+        (one fsync, not one each), written by the marker thread while the loop sends on."""
+        if self._stored and not self._marking:
             stored, self._stored = self._stored, []
-            self.outbox.mark_delivered(stored)
+            self._marking = {record_id for record_id, _ in stored}
+            self.marker.submit(lambda: self.marks.mark_delivered(stored), self._marked)
+
+    def _marked(self, _result: None, error: BaseException | None) -> None:
+        self._marking = set()
+        if isinstance(error, StoreError):
+            self._store_failed(error)  # not marked: offered again later, answered as duplicates
+        elif error is not None:
+            self.log.error("writing delivered marks failed: %r", error)
+        self._mark_delivered()
 
     def _on_confirmed(self, message: link.LinkMessage, now: float) -> None:
         self._confirm_inflight = False
@@ -254,6 +270,7 @@ class Uplink(Daemon):
         elif code == "event_gap":
             self._events_inflight = False
             self._events_sent = message.header.get("expected", 1) - 1
+            self._next_journal = now
         elif record:
             self.window.finish(record)
             if message.header.get("retryable"):
@@ -276,22 +293,25 @@ class Uplink(Daemon):
         self._send_confirm(now)
 
     def _send_events(self, now: float) -> None:
-        if self._events_inflight:
+        if self._events_inflight or now < self._next_journal:
             return
         entries = self.outbox.journal_since(self._events_sent, self.config["event_batch"])
-        if entries:
-            if self._send(link.encode("events", entries=[e.to_dict() for e in entries]), now):
-                self._events_inflight = True
+        if not entries:  # read the journal again in a while, not after every message received
+            self._next_journal = now + OUTBOX_POLL_S
+        elif self._send(link.encode("events", entries=[e.to_dict() for e in entries]), now):
+            self._events_inflight = True
 
     def _refill(self, now: float) -> None:
         if len(self._queued) >= self.window.max_records or (not self._queued and now < self._next_outbox):
             return
         self._next_outbox = now + OUTBOX_POLL_S
-        skip_refused = {r for r, info in self.refused.items()
-                        if time.time_ns() - info["at_ns"] < self.config["backoff"]["max_s"] * 1e9}
+        skip = {r for r, info in self.refused.items()
+                if time.time_ns() - info["at_ns"] < self.config["backoff"]["max_s"] * 1e9}
+        skip.update(record_id for record_id, _ in self._stored)  # stored, the mark not yet written
+        skip.update(self._marking)
         for row in self.outbox.undelivered(limit=self.window.max_records * 2, after=self._after):
             self._after = (row.created_ns, row.record_id)
-            if row.record_id not in self.window and row.record_id not in skip_refused:
+            if row.record_id not in self.window and row.record_id not in skip:
                 self._queued.append(row)
         if not self._queued:
             self._after = None  # next time from the start: records given back by confirmation
@@ -382,7 +402,13 @@ class Uplink(Daemon):
         if time.monotonic() < self._retry_at:
             return False
         try:
-            self.outbox = Outbox(self.paths.store, fsync=self.store_config["fsync"])
+            outbox = Outbox(self.paths.store, fsync=self.store_config["fsync"])
+            try:
+                self.marks = Outbox(self.paths.store, fsync=self.store_config["fsync"])
+            except StationError:
+                outbox.close()
+                raise
+            self.outbox = outbox
             return True
         except StationError as exc:
             self._retry_at = time.monotonic() + 2.0
@@ -432,13 +458,24 @@ class Uplink(Daemon):
             self._retry_at = 0.0
 
     def poll_timeout_ms(self) -> int:
+        collector = self.config["collector"]
+        if self.socket is None and collector["endpoints"] and collector["server_key"] \
+                and time.monotonic() >= self._retry_at:
+            return 0  # a connection attempt is due (a new endpoint, the backoff over): no sleep first
         return 20 if self.link_state == "connected" else 50
 
     def shutdown(self) -> None:
         if self.socket is not None:
             self.socket.close(linger=0)
             self.monitor.close(linger=0)
+        self.marker.stop(timeout_s=5.0)
         if self.outbox is not None:
+            if self._stored:  # acknowledged since the marker's last write
+                try:
+                    self.marks.mark_delivered(self._stored)
+                except StoreError as exc:
+                    self._store_failed(exc)
+            self.marks.close()
             self.outbox.close()
 
 

@@ -1,17 +1,19 @@
 """The collector's embedded storage: an SQLite index and one file per record, for one site.
 
-Durability before acknowledgement: each record's file is written to a temporary name,
-fsynced and renamed, its directory fsynced, and only then one transaction
-(``synchronous=FULL``) indexes the whole batch; events of a batch go in one transaction.
-A batch of records therefore costs one directory fsync per station and one commit, not one
-per record (group commit). A crash leaves at most stray files that no row names; they are
-removed at the next start. Records are the sealed envelopes as the station sent them: this
-backend never sees plaintext.
+Durability before acknowledgement: each record's file is written and fsynced, its directory
+fsynced, and only then one transaction (``synchronous=FULL``) indexes the whole batch;
+events of a batch go in one transaction. The index is the truth: a file is a record only
+once a row names it, so a file is written under its final name (no temporary name and
+rename), and a crash or a failed batch leaves at most stray files that no row names; they
+are removed at the next start. A batch of records therefore costs one directory fsync per
+station and one commit, not one per record (group commit). Records are the sealed envelopes
+as the station sent them: this backend never sees plaintext.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -20,7 +22,7 @@ from typing import Any, Iterator
 
 from station.collector.storage import EventGap, NewRecord, StationEvent, StationInfo, StorageError, StoredRecord
 from station.errors import StationError
-from station.store import fsync_dir, write_private
+from station.store import fsync_dir
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS stations (
@@ -142,12 +144,29 @@ class EmbeddedStorage:
         return outcomes
 
     def _write_files(self, fresh: list[tuple[NewRecord, StoredRecord]]) -> None:
-        directories = set()
-        for record, stored in fresh:
-            path = self.data_dir / stored.ref
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            write_private(path, record.sealed, self.fsync)
-            directories.add(path.parent)
+        """Every file of the batch, each one's write-back started as soon as it is written
+        (the disk works on the batch while the rest is written); then every file's fsync
+        and one fsync per directory."""
+        files: list[int] = []
+        directories: set[Path] = set()
+        try:
+            for record, stored in fresh:
+                path = self.data_dir / stored.ref
+                if path.parent not in directories:
+                    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                    directories.add(path.parent)
+                files.append(fd := os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+                view = memoryview(record.sealed)
+                while view:
+                    view = view[os.write(fd, view):]
+                if self.fsync:  # never read back here: start writing it out, keep no cached copy
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            if self.fsync:
+                for fd in files:
+                    os.fsync(fd)
+        finally:
+            for fd in files:
+                os.close(fd)
         if self.fsync:
             for directory in directories:
                 fsync_dir(directory)

@@ -43,7 +43,7 @@ class Op:
     identity: bytes
     station: str
     message: link.LinkMessage
-    blob: bytes = b""                  # a complete record
+    blob: bytes | memoryview = b""     # a complete record
     record: NewRecord | None = None    # ... once its signatures verified
     replies: list[list] = field(default_factory=list)
 
@@ -165,18 +165,16 @@ class Collector(Daemon):
         """Spool a piece (a record in one piece is never spooled), acknowledge its receipt at
         once so the station's byte window moves on, and queue a complete record for the
         worker, which checks it and stores it; ``stored`` follows from there."""
-        record, sha256, offset = message["record"], message["sha256"], message["offset"]
-        payload = bytes(message.payload)
-        if offset == 0 and message["final"]:
-            blob = payload
-        else:
+        record, sha256, offset, payload = message["record"], message["sha256"], message["offset"], message.payload
+        whole = offset == 0 and message["final"]
+        if not whole:
             held = self.spool.append(station, record, sha256, offset, payload)
             if held != offset + len(payload):  # not where the station thinks: tell it where to go on
                 self._send(identity, link.encode("want", record=record, offset=held))
                 return
-            blob = self.spool.read(station, record, sha256) if message["final"] else b""
         self._send(identity, link.encode("chunk.ack", record=record, offset=offset + len(payload)))
-        if message["final"]:
+        if message["final"]:  # a record in one piece is checked and stored from its frame, not copied
+            blob = payload if whole else self.spool.read(station, record, sha256)
             op = Op("record", identity, station, message, blob=blob)
             self.verifier.submit(lambda: self._verify(op), lambda record, error: self._verified(op, record, error))
 

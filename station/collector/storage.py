@@ -55,7 +55,7 @@ class NewRecord:
     station_id: str
     record_id: str
     sha256: str              # of the sealed bytes, hex
-    sealed: bytes
+    sealed: bytes | memoryview  # as received: the message frame of a record sent in one piece
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,7 @@
 """Synthetic fingerprints: shape, determinism, realism cues, distinctness, speed."""
 from __future__ import annotations
 
-import time
 
-import cv2
 import numpy as np
 import pytest
 
@@ -85,19 +83,16 @@ def test_partial_contact_and_pressure_change_the_print():
     assert centre(heavy).mean() < centre(light).mean()
 
 
-def test_generation_is_fast_on_one_core():
-    threads = cv2.getNumThreads()
-    cv2.setNumThreads(1)
-    try:
-        started = time.perf_counter()
-        finger = SyntheticFinger(987654, 9)  # not cached yet
-        finger.impression(0)
-        first = time.perf_counter() - started
-        started = time.perf_counter()
-        for index in range(10):
-            finger.impression(index)
-        each = (time.perf_counter() - started) / 10
-    finally:
-        cv2.setNumThreads(threads)
-    assert first < 0.3, f"new finger took {first:.3f} s"
-    assert each < 0.05, f"impression took {each:.3f} s"
+def test_a_fingers_master_pattern_is_made_once_and_each_impression_reuses_it():
+    """What keeps the emulator fast (a master costs ~0.1 s, an impression a few ms, made from
+    the master); tests never assert timings, so this holds the cache that makes it so."""
+    from drivers.fingerprint import prints
+
+    before = prints._master.cache_info()
+    finger = SyntheticFinger(987654, 9)
+    first = finger.impression(0)
+    again = SyntheticFinger(987654, 9)  # the same finger placed again: its master is not remade
+    after = prints._master.cache_info()
+    assert (after.misses - before.misses, after.hits - before.hits) == (1, 1)
+    assert again.master is finger.master
+    assert np.array_equal(again.impression(0), first)  # and an impression is the same every time
