@@ -49,8 +49,9 @@ from aiohttp import WSMsgType, web
 
 from station import config as station_config
 from station import demographics
-from station.console.accounts import Accounts, Lockout, SignInRefused
+from station.console.accounts import NAME, Accounts, Lockout, SignInRefused
 from station.console.bridge import AsyncCommands, Bridge
+from station.bus import Reply
 from station.envelope import dump_json
 from station.errors import StationError
 
@@ -262,8 +263,9 @@ class Console:
         loop = asyncio.get_running_loop()
         try:  # Argon2 takes tens of milliseconds: off the loop that relays the preview
             account = await loop.run_in_executor(None, self.accounts.sign_in, user, password, policy, time.time())
-        except SignInRefused as exc:
-            log.warning("sign-in refused for %r: %s", user, exc.code)
+        except SignInRefused as exc:  # a name that cannot be an account may be a password typed in the wrong field
+            log.warning("sign-in refused for %s: %s", repr(user) if NAME.match(user) else "a name that is no account",
+                        exc.code)
             return web.json_response({"ok": False, "error": {"code": exc.code, "message": exc.message,
                                                              "retry_after_s": round(exc.retry_after_s)}},
                                      status=401 if exc.code == "bad_credentials" else 423)
@@ -292,20 +294,22 @@ class Console:
         """The session's portrait or exception photo, for the review (never cached: no-store)."""
         self._signed_in(request)
         name = f"{request.match_info['photo']}.jpg"
-        reply = await self._controller("session.review", {"session": request.match_info["session"]})
+        try:
+            reply = await self._call_controller("session.review", {"session": request.match_info["session"]})
+        except StationError as exc:
+            raise web.HTTPNotFound(text=exc.message) if exc.code in ("not_found", "no_session", "bad_request") \
+                else web.HTTPBadGateway(text=exc.message) from None
         if name not in reply.names:
             raise web.HTTPNotFound(text=f"no {request.match_info['photo']} yet")
         return web.Response(body=bytes(reply.payload(name)), content_type="image/jpeg")
 
-    async def _controller(self, cmd: str, args: dict[str, Any]) -> Any:
+    async def _call_controller(self, cmd: str, args: dict[str, Any]) -> Reply:
+        """A command to the controller, within the time its kind may take (a capture waits
+        for the applicant)."""
         if self.bridge is None:
-            raise web.HTTPServiceUnavailable(text="starting")
+            raise StationError("the console is starting", code="stopping", retryable=True)
         timeout = self.settings["capture_timeout_s" if cmd in CAPTURES else "command_timeout_s"]
-        try:
-            return await self.bridge.controller.call(cmd, args, timeout_s=float(timeout))
-        except StationError as exc:
-            raise web.HTTPNotFound(text=exc.message) if exc.code in ("not_found", "no_session", "bad_request") \
-                else web.HTTPBadGateway(text=exc.message) from None
+        return await self.bridge.controller.call(cmd, args, timeout_s=float(timeout))
 
     # -- the event and command socket -------------------------------------------------------
     async def _events_socket(self, request: web.Request) -> web.WebSocketResponse:
@@ -390,8 +394,7 @@ class Console:
         if cmd == "config.check":
             problems = await asyncio.get_running_loop().run_in_executor(None, station_config.check, self.etc)
             return {"problems": problems, "valid": not problems}
-        timeout = self.settings["capture_timeout_s" if cmd in CAPTURES else "command_timeout_s"]
-        return (await bridge.controller.call(cmd, args, timeout_s=float(timeout))).result
+        return (await self._call_controller(cmd, args)).result
 
     # -- the preview socket -----------------------------------------------------------------
     async def _preview_socket(self, request: web.Request) -> web.WebSocketResponse:
