@@ -8,7 +8,6 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 from typing import Iterator
 
@@ -20,6 +19,7 @@ from station import keyring
 from station.console.accounts import Accounts
 from station.console.daemon import accounts_path
 from station.paths import Paths
+from delivery_harness import free_port
 from station_harness import BIN, Station
 
 CHROMIUM = "/usr/bin/chromium"
@@ -30,12 +30,6 @@ ENGINEER, ENGINEER_PASSWORD = "kythuat", "mat-khau-ky-thuat"
 POLICY = {"finger_positions": [1, 2, 7], "portrait_required": True, "exception_photo_required": True,
           "attempts": 2}
 ARTIFACTS = Path(os.environ.get("STATION_TEST_ARTIFACTS", "test-artifacts")) / "console"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class ConsoleStation(Station):
@@ -149,15 +143,5 @@ def sign_in(page, station: ConsoleStation, user: str = OFFICER, password: str = 
     page.press("#sign-in-password", "Enter")
 
 
-def wait_until(predicate, timeout_s: float = 10.0, step_s: float = 0.05):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step_s)
-    raise AssertionError(f"timed out waiting for {predicate}")
-
-
 __all__ = ["ConsoleStation", "OFFICER", "OFFICER_PASSWORD", "ENGINEER", "ENGINEER_PASSWORD", "shot", "sign_in",
-           "wait_until", "Paths"]
+           "Paths"]

@@ -9,7 +9,9 @@ from playwright.sync_api import expect
 from drivers.emulation import send_command
 from station_harness import applicant
 
-from .conftest import ENGINEER, ENGINEER_PASSWORD, OFFICER, shot, sign_in, wait_until
+from delivery_harness import wait_for
+
+from .conftest import ENGINEER, ENGINEER_PASSWORD, OFFICER, shot, sign_in
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -41,7 +43,7 @@ def test_full_enrollment_in_vietnamese_with_a_reload_in_the_middle(console_stati
     # Portrait: the live preview with the guide; the camera auto-captures.
     expect(page.locator("#panel-photo")).to_be_visible()
     expect(page.locator("#applicant-name")).to_have_text(person["full_name"])
-    wait_until(lambda: page.evaluate("window.station.previewStats.frames") >= 3, 15)
+    wait_for(lambda: page.evaluate("window.station.previewStats.frames") >= 3, 15, "preview frames in the page")
     expect(page.locator("#hint")).not_to_be_empty()
     shot(page, "02-portrait")
     expect(page.locator("#capture-button")).to_be_focused()  # the step's action has the focus
@@ -80,7 +82,7 @@ def test_full_enrollment_in_vietnamese_with_a_reload_in_the_middle(console_stati
     expect(page.locator("#review-applicant")).to_contain_text(person["id_number"])
     expect(page.locator("#review-fingers")).to_contain_text("Cụt")  # the exception, in Vietnamese
     for photo in ("review-portrait", "review-exception-photo"):
-        wait_until(lambda: page.evaluate(f"document.getElementById('{photo}').naturalWidth") > 0)
+        wait_for(lambda: page.evaluate(f"document.getElementById('{photo}').naturalWidth") > 0, 10, f"{photo} shown")
     shot(page, "04-review")
     page.click("#finish-button")
     expect(page.locator("#view-done")).to_be_visible(timeout=60_000)
