@@ -41,7 +41,10 @@ each reply has left the line): assessing the image and handing the reply over. `
 the CPU time each process used during the applicant (``/proc/PID/stat``). Each applicant's
 ten fingers are put on the glass once before the clock starts, because the emulator grows
 a finger's ridge pattern (about 0.2 s) the first time it sees it: the applicant's hand
-exists before the session does.
+exists before the session does. For the same reason the clock starts only once the camera
+emulator has sent its first ``Scene.NOISE_PERIOD`` frames: it renders and encodes each of
+those once (about a second of CPU over the first 8.5 s) and replays them after, so until
+then it takes CPU from the station, which a real camera's own hardware never does.
 
 Every process is started in a fresh ``/tmp/enrb-*`` directory and stopped at the end
 (``--keep`` leaves the directory, logs and store). Prints one JSON object on stdout;
@@ -73,6 +76,7 @@ sys.path.insert(0, str(ROOT))
 import yaml  # noqa: E402
 import zmq  # noqa: E402
 
+from drivers.camera.scene import Scene  # noqa: E402
 from drivers.fingerprint import protocol as fp  # noqa: E402
 from drivers.emulation import send_command  # noqa: E402
 from station import config, keyring  # noqa: E402
@@ -267,6 +271,15 @@ class Station:
         if not reply.startswith("ok "):
             raise StationError(f"camera emulator status: {reply}")
         return json.loads(reply[3:])
+
+    def wait_camera_warm(self) -> None:
+        """Until the camera emulator replays frames from its cache (see the docstring)."""
+        deadline = time.monotonic() + Scene.NOISE_PERIOD / CAMERA_FPS + READY_TIMEOUT_S
+        while self.camera_status()["frames_sent"] < Scene.NOISE_PERIOD:
+            if time.monotonic() > deadline:
+                raise StationError(f"the camera emulator sent fewer than {Scene.NOISE_PERIOD} frames in "
+                                   f"{Scene.NOISE_PERIOD / CAMERA_FPS + READY_TIMEOUT_S:.0f} s")
+            time.sleep(0.2)
 
     def place(self, seed: int, position: int) -> None:
         answer = send_command(self.sensor_control, f"finger {seed} {position} quality=good")
@@ -469,6 +482,7 @@ def run(applicants: int, keep: bool) -> dict[str, Any]:
     try:
         progress(f"starting the station in {top}")
         station.start()
+        station.wait_camera_warm()
         progress(f"ready after {time.monotonic() - bench_started:.1f} s; enrolling {applicants} applicant(s)")
         rng = random.Random(7)
         for number in range(1, applicants + 1):

@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any, Callable, Mapping, Sequence
 
+import numpy as np
+
 from station import biometrics, config, demographics, enrollment, issuance, keyring, peers, record, sealing
 from station.bus import CommandClient, Reply, Request, Subscriber
 from station.daemon import Daemon, main_for
@@ -44,6 +46,7 @@ from station.envelope import Message
 from station.errors import CommandError, ConfigError, DeadlineExceeded, StationError
 from station.paths import Paths
 from station.store import RecordStore, StoreError, Tx
+from station.wsq_ahead import WsqAhead
 
 log = logging.getLogger("station.controller")
 
@@ -80,6 +83,7 @@ class Controller(Daemon):
         self._published = self.store.last_seq()  # what a restart published before is replayable
         self._next_expiry_check = 0.0
         self.worker = self.add_worker("controller-io")
+        self.wsq_ahead = WsqAhead()  # accepted fingers WSQ-encoded while the next is taken
         self.drivers: dict[str, DriverLink] = {}
         self.driver_events: Subscriber | None = None
         self._snapshot_client: dict[str, CommandClient] = {}
@@ -169,7 +173,7 @@ class Controller(Daemon):
         self.print_queue.settings = {**new["printing"], "etc": self.paths.etc}
 
     def setup(self) -> None:
-        biometrics.warm_up()  # duplicate-finger comparisons need it from the second finger on
+        biometrics.warm_up(assessing=False)  # duplicate-finger comparisons need it from the second finger on
         self._publish_journal()
         self.set_state("ready", f"station {self.keys.station_id}: {self.store.counts()['records']} records, "
                                 f"{len(self.sessions)} open sessions")
@@ -229,6 +233,7 @@ class Controller(Daemon):
 
     def shutdown(self) -> None:
         self.worker.stop()
+        self.wsq_ahead.close()
         self.print_queue.worker.stop()
         for client in self._snapshot_client.values():
             client.close()
@@ -273,6 +278,7 @@ class Controller(Daemon):
             self.sessions[session.session_id] = session
         else:
             self.sessions.pop(session.session_id, None)
+            self.wsq_ahead.drop(session.session_id)
         self._publish_journal()
 
     def _publish_journal(self) -> None:
@@ -523,11 +529,13 @@ class Controller(Daemon):
                             width=int(result["width"]), height=int(result["height"]),
                             resolution_ppi=int(result.get("resolution_ppi", 500)))
             updated = enrollment.finger_taken(self.sessions[sid], finger, now)
+            image = bytes(kept.payload("image"))
             self._save(updated, "station.enrollment.finger.captured",
                        {"position": position, "nfiq2": finger.nfiq2, "force_captured": forced}, "session.finger",
-                       captures={finger.image: bytes(kept.payload("image")),
-                                 finger.template: bytes(kept.payload("template"))},
+                       captures={finger.image: image, finger.template: bytes(kept.payload("template"))},
                        actor=self._actor(request))
+            if len(image) == finger.width * finger.height:  # else the record's builder says what is wrong
+                self.wsq_ahead.submit(sid, np.frombuffer(image, np.uint8).reshape(finger.height, finger.width))
             return {**finger.summary(), "session": updated.view()}
 
         self._in_worker(request, session, job, finish)
@@ -571,7 +579,8 @@ class Controller(Daemon):
             started = time.perf_counter()
             now = time.time_ns()
             bundle = record.build(session, lambda name: self.store.capture(sid, name), record_id=record_id,
-                                  station_id=station_id, destination=destination, devices=devices, now_ns=now)
+                                  station_id=station_id, destination=destination, devices=devices, now_ns=now,
+                                  wsq_encode=self.wsq_ahead.encoder(sid))
             card = self._card(session, printing) if printing["instant_issuance"] else None
             sealed = sealing.seal(bundle.data, record_id=record_id, content_type=record.CONTENT_TYPE,
                                   signer=self.keys.signer, central=self.keys.central, created_ns=now)
@@ -592,6 +601,7 @@ class Controller(Daemon):
         def finish(result: dict) -> dict:
             closed = result.pop("closed")
             self.sessions.pop(closed.session_id, None)
+            self.wsq_ahead.drop(closed.session_id)
             log.info("record %s sealed and committed (%d bytes)", record_id, result["sealed_bytes"])
             for print_job in queued:
                 self.print_queue.adopt(print_job)

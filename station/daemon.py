@@ -112,6 +112,15 @@ class Daemon:
         self._readers[socket] = callback
         self._poller.register(socket, zmq.POLLIN)
 
+    def serve_waiting_commands(self) -> bool:
+        """Serve the commands already waiting, from inside ``tick``: for a loop that blocks
+        on its device, so a command that came meanwhile acts on what the device just gave.
+        True when there were any."""
+        if not self.commands.socket.poll(0):
+            return False
+        self.commands.handle_ready()
+        return True
+
     def remove_reader(self, socket: Any) -> None:
         self._readers.pop(socket, None)
         self._poller.unregister(socket)

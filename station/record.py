@@ -65,9 +65,11 @@ def _utc(ns: int) -> datetime:
 
 
 def build(session: Session, capture: Callable[[str], bytes], *, record_id: str, station_id: str,
-          destination: str, devices: Mapping[str, Any], now_ns: int) -> Bundle:
+          destination: str, devices: Mapping[str, Any], now_ns: int,
+          wsq_encode: Callable[[np.ndarray], bytes] = biometrics.wsq_encode) -> Bundle:
     """The record of a complete session. ``capture(name)`` returns one stored capture
-    (portrait JPEG, finger gray8 pixels); fingers are WSQ-encoded here, at 500 ppi."""
+    (portrait JPEG, finger gray8 pixels); fingers are WSQ-encoded at 500 ppi by
+    ``wsq_encode`` (the controller's may have the encoding ready, see ``wsq_ahead``)."""
     faces = []
     for kind, photo in (("portrait", session.portrait), ("exception", session.exception_photo)):
         if photo is not None:
@@ -83,7 +85,7 @@ def build(session: Session, capture: Callable[[str], bytes], *, record_id: str, 
         if pixels.size != finger.width * finger.height:
             raise RecordError(f"finger {position}: image has {pixels.size} pixels, not "
                               f"{finger.width} x {finger.height}")
-        wsq = biometrics.wsq_encode(pixels.reshape(finger.height, finger.width))
+        wsq = wsq_encode(pixels.reshape(finger.height, finger.width))
         fingers.append(nist.FingerImpression(position, _utc(finger.captured_ns), wsq=wsq, width=finger.width,
                                              height=finger.height, ppi=finger.resolution_ppi, nfiq2=finger.nfiq2))
     an2 = nist.encode(nist.Transaction(record_id=record_id, station_id=station_id, destination=destination,

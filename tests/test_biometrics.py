@@ -174,3 +174,28 @@ def test_wsq_frame_header_is_read_independently():
     original, decoded = assess(image), assess(wsq_decode(data))
     score = compare(original.template, decoded.template)
     assert score > 2 * MATCH_THRESHOLD, f"decoded WSQ scored {score} against its original"
+
+
+def test_only_a_low_nfiq2_score_is_checked_again_with_sivv(monkeypatch):
+    from station import biometrics
+    calls = []
+    real = biometrics._extract
+
+    def counting(png, ppi, sivv):
+        calls.append(sivv)
+        return real(png, ppi, sivv)
+
+    monkeypatch.setattr(biometrics, "_extract", counting)
+    good = assess(SyntheticFinger(101, 2).impression(0))
+    assert good.nfiq2 >= biometrics.SIVV_BELOW_NFIQ2 and calls == [False]
+    calls.clear()
+    for seed, position in FINGERS:
+        try:
+            poor = assess(SyntheticFinger(seed, position, "poor").impression(1))
+        except NoFingerprint:
+            assert calls[-1] is True  # SIVV (or NFIQ 2 with it) had the last word
+            break
+        if poor.nfiq2 < biometrics.SIVV_BELOW_NFIQ2:
+            break
+        calls.clear()
+    assert calls == [False, True], "a poor impression was not extracted again with SIVV"

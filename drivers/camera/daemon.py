@@ -28,7 +28,7 @@ from drivers.camera.capture import AutoCapture
 from drivers.camera.detector import make_detector
 from drivers.camera.quality import FaceAnalyzer
 from drivers.camera.source import FrameSource, make_source
-from drivers.camera.portrait import token_portrait
+from drivers.camera.portrait import prepare_jpeg2000, token_portrait
 from drivers.device_daemon import DeviceDaemon, Outcome
 from station.bus import Request
 from station.daemon import main_for
@@ -131,8 +131,13 @@ class CameraDaemon(DeviceDaemon):
         full_frames = self.config["publish"]["full_frames"] and self.frames.subscribed("frame")
         preview_due = self.frames.subscribed("preview") and self._preview_due(now)
         needed = bool(self.frame_requests) or full_frames or preview_due or self.pending is not None
+        source = self.source
         try:
-            frame = self.source.read(decode=needed)
+            frame = source.read(decode=needed)
+            if not needed and self.serve_waiting_commands() and self.pending is not None and self.source is source:
+                # A capture asked for while this frame was on its way starts with it: waiting
+                # for the next would cost the officer a frame time.
+                frame, needed = source.decode(frame), True
         except DeviceError as exc:
             self.lose(exc)
             return
@@ -266,5 +271,6 @@ def keep_frame_memory() -> bool:
 
 def main(argv: Sequence[str] | None = None) -> int:
     keep_frame_memory()
+    prepare_jpeg2000()
     return main_for(CameraDaemon, "station-camerad", "Camera daemon: face quality, auto-capture, token portrait",
                     argv)

@@ -16,17 +16,21 @@ re-read: no copy of the standard was reachable from here, so check them against 
 before certification). Everything else in this module is derived from them.
 
 The record keeps a JPEG (JFIF) of the token; the chip's DG2 gets a second, smaller
-encoding within a byte budget (ICAO's usual 15-20 KB): JPEG 2000 through OpenCV's
-OpenJPEG codec where the build has it, else baseline JPEG, each at the highest quality
-that fits.
+encoding within a byte budget (ICAO's usual 15-20 KB): JPEG 2000 (Pillow's OpenJPEG, the
+irreversible 9/7 wavelet) whose rate control is given the budget itself, so one encoding
+normally fills it; or, where that codec is missing or configured away, baseline JPEG at
+the highest quality that fits.
 """
 from __future__ import annotations
 
+import io
 import math
+import os
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
+from PIL import Image, features
 
 from station.errors import ConfigError
 
@@ -119,13 +123,9 @@ def _outside(m: np.ndarray, shape: tuple[int, ...], width: int, height: int) -> 
 
 
 def encode_for_chip(image: np.ndarray, budget_bytes: int, preferred: str = "jpeg2000") -> tuple[bytes, str]:
-    """The best-quality encoding of ``image`` that fits ``budget_bytes``, and its format."""
-    if preferred == "jpeg2000":
-        # OpenJPEG's rate control makes the size about (setting / 1000) * raw bytes, so
-        # the search starts at that guess and usually settles within two encodings.
-        guess = max(1, min(1000, budget_bytes * 1000 // image.nbytes))
-        data = _search(lambda q: _encode(image, ".jp2", [cv2.IMWRITE_JPEG2000_COMPRESSION_X1000, q]),
-                       1, 1000, budget_bytes, start=guess)
+    """The best-quality encoding of ``image`` (BGR) that fits ``budget_bytes``, and its format."""
+    if preferred == "jpeg2000" and features.check("jpg_2000"):
+        data = _jpeg2000_within(image, budget_bytes)
         if data is not None:
             return data, "jpeg2000"
     data = _search(lambda q: _encode(image, ".jpg", [cv2.IMWRITE_JPEG_QUALITY, q]), 5, 95, budget_bytes)
@@ -133,6 +133,43 @@ def encode_for_chip(image: np.ndarray, budget_bytes: int, preferred: str = "jpeg
         return data, "jpeg"
     raise ConfigError([f"token.chip_budget_bytes: the token portrait does not fit {budget_bytes} bytes even at "
                        "the lowest quality; raise the budget or lower token.width"])
+
+
+# The JP2 boxes around the codestream (signature, file type, header, colour) take about
+# 90 bytes; OpenJPEG's rate control sizes the codestream alone, and lands within a few
+# bytes of its target.
+JP2_HEADROOM_BYTES = 128
+JP2_ATTEMPTS = 3
+
+
+def _jpeg2000_within(image: np.ndarray, budget: int) -> bytes | None:
+    """A JP2 file filling ``budget``: the compression ratio (raw bytes over the target) is
+    OpenJPEG's own quality layer, so the first encoding almost always fits; one that does
+    not is redone with the target lowered by the overshoot."""
+    rgb = Image.fromarray(np.ascontiguousarray(image[..., ::-1]))
+    target = budget - JP2_HEADROOM_BYTES
+    for _ in range(JP2_ATTEMPTS):
+        if target <= 0:
+            return None
+        buffer = io.BytesIO()
+        rgb.save(buffer, "JPEG2000", quality_mode="rates", quality_layers=[image.nbytes / target],
+                 irreversible=True)
+        data = buffer.getvalue()
+        if len(data) <= budget:
+            return data
+        target -= len(data) - budget + JP2_HEADROOM_BYTES
+    return None
+
+
+def prepare_jpeg2000() -> None:
+    """At a camera daemon's start: let OpenJPEG encode on every core this process may use
+    (it reads ``OPJ_NUM_THREADS`` when a codec is created; a value already set is kept),
+    since the chip portrait is encoded while the officer waits and two cores halve it; and
+    load the codec now, which makes the first encoding about 70 ms slower, not during the
+    first applicant's portrait."""
+    os.environ.setdefault("OPJ_NUM_THREADS", str(len(os.sched_getaffinity(0))))
+    if features.check("jpg_2000"):
+        _jpeg2000_within(np.full((64, 48, 3), 128, np.uint8), 2000)
 
 
 def _encode(image: np.ndarray, ext: str, params: list[int]) -> bytes | None:
@@ -143,30 +180,13 @@ def _encode(image: np.ndarray, ext: str, params: list[int]) -> bytes | None:
     return buf.tobytes() if ok else None
 
 
-def _search(encode, lo: int, hi: int, budget: int, start: int | None = None) -> bytes | None:
-    """The highest quality setting in [lo, hi] whose encoding fits the budget.
-
-    Size grows with the setting, so this is a binary search; ``start`` is a guess that
-    narrows the interval from both sides when the encoder's size is predictable.
-    """
-    best = None
-    if start is not None:
-        data = encode(start)
-        if data is None:
-            return None
-        if len(data) <= budget:
-            best, lo = data, start
-            above = encode(min(hi, start + 1))
-            if start == hi or above is None or len(above) > budget:
-                return best
-            best, lo = above, start + 1
-        else:
-            hi = start - 1
-    if best is None:
-        first = encode(lo)
-        if first is None or len(first) > budget:
-            return None
-        best = first
+def _search(encode, lo: int, hi: int, budget: int) -> bytes | None:
+    """The highest quality setting in [lo, hi] whose encoding fits the budget (size grows
+    with the setting, so a binary search)."""
+    first = encode(lo)
+    if first is None or len(first) > budget:
+        return None
+    best = first
     while lo < hi:
         mid = (lo + hi + 1) // 2
         data = encode(mid)

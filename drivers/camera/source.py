@@ -14,7 +14,7 @@ import select
 import stat
 import time
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -53,6 +53,11 @@ class FrameSource(ABC):
         stream's health is known) without decoding it into pixels: most frames between
         captures are looked at by nobody, and decoding them would take CPU the scanner
         needs."""
+
+    @abstractmethod
+    def decode(self, frame: Frame) -> Frame:
+        """``frame``, read with ``decode=False``, with its pixels: possible until the next
+        ``read`` (a capture asked for while the frame was on its way is served with it)."""
 
     @abstractmethod
     def close(self) -> None:
@@ -135,6 +140,16 @@ class V4L2Source(FrameSource):
         self._index += 1
         return frame
 
+    def decode(self, frame: Frame) -> Frame:
+        if frame.image is not None:
+            return frame
+        if self._cap is None or frame.index != self._index - 1:
+            raise DeviceError(f"{self.device}: frame {frame.index} is no longer on the camera")
+        ok, image = self._cap.retrieve()  # the grabbed frame, until the next grab
+        if not ok or image is None:
+            raise DeviceError(f"{self.device}: no frame from the camera (unplugged or stalled)")
+        return replace(frame, image=image)
+
     def close(self) -> None:
         if self._cap is not None:
             self._cap.release()
@@ -205,6 +220,7 @@ class VideoSource(FrameSource):
         self._cap = None
         self._index = 0
         self._position = 0
+        self._last: tuple[int, np.ndarray | None] = (-1, None)
 
     def open(self) -> None:
         self.close()
@@ -228,8 +244,17 @@ class VideoSource(FrameSource):
         self._pacer.wait(self._index)
         image = self._next_image()  # a file's frames are decoded either way: it stands in for a camera
         frame = Frame(image if decode else None, time.monotonic_ns(), self._index)
+        self._last = (self._index, image)
         self._index += 1
         return frame
+
+    def decode(self, frame: Frame) -> Frame:
+        if frame.image is not None:
+            return frame
+        index, image = self._last
+        if frame.index != index:
+            raise DeviceError(f"{self.device}: frame {frame.index} is no longer on the camera")
+        return replace(frame, image=image)
 
     def _next_image(self) -> np.ndarray:
         if self._files:
@@ -291,6 +316,7 @@ class StreamSource(FrameSource):
         self._index = 0
         self._size: tuple[int, int] | None = None
         self._first: np.ndarray | None = None
+        self._undecoded: bytes | None = None
 
     def open(self) -> None:
         self.close()
@@ -326,6 +352,17 @@ class StreamSource(FrameSource):
         self._index += 1
         return frame
 
+    def decode(self, frame: Frame) -> Frame:
+        if frame.image is not None:
+            return frame
+        if frame.index != self._index - 1 or self._undecoded is None:
+            raise DeviceError(f"{self.device}: frame {frame.index} is no longer in the stream")
+        image = cv2.imdecode(np.frombuffer(self._undecoded, np.uint8), cv2.IMREAD_COLOR)
+        if image is None:
+            self.undecodable += 1
+            raise DeviceError(f"{self.device}: frame {frame.index} is not a decodable JPEG")
+        return replace(frame, image=image)
+
     def _next_image(self, timeout_message: str, decode: bool = True) -> np.ndarray | None:
         deadline = time.monotonic() + self.read_timeout_s
         while True:
@@ -335,8 +372,10 @@ class StreamSource(FrameSource):
             if remaining_ms <= 0 or not self._poll.poll(max(1, math.ceil(remaining_ms))):
                 raise DeviceError(timeout_message)
             jpegs = self._drain()
+            self._undecoded = None
             if jpegs and not decode:
                 self.dropped += len(jpegs) - 1
+                self._undecoded = jpegs[-1]  # for ``decode``, until the next read
                 return None
             for jpeg in reversed(jpegs):
                 image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
@@ -408,6 +447,13 @@ class EmulatedSource(FrameSource):
         frame = Frame(image, self._clock(), self._index)
         self._index += 1
         return frame
+
+    def decode(self, frame: Frame) -> Frame:
+        if frame.image is not None:
+            return frame
+        if self._scene is None or frame.index != self._index - 1:
+            raise DeviceError(f"emulated: frame {frame.index} is no longer on the camera")
+        return replace(frame, image=self._scene.render(self.params, frame.index))
 
     @property
     def frame_index(self) -> int:

@@ -53,6 +53,33 @@ def test_emulated_source_paces_to_fps():
     assert not np.array_equal(frames[0].image, frames[1].image)   # sensor noise
 
 
+def test_every_source_decodes_a_frame_read_undecoded_until_the_next_read(tmp_path):
+    for i in range(2):
+        cv2.imwrite(str(tmp_path / f"frame{i}.png"), np.full((48, 64, 3), 40 * (i + 1), np.uint8))
+    emulated, twin = EmulatedSource(320, 240, fps=0), EmulatedSource(320, 240, fps=0)
+    fakes = []
+    by_id = tmp_path / "usb-Acme_Cam-video-index0"
+    by_id.write_text("")
+    v4l2 = V4L2Source(str(by_id), width=64, height=48, capture_factory=lambda *a: fakes.append(FakeCapture(*a))
+                      or fakes[-1])
+    folder = VideoSource(str(tmp_path), fps=0)
+    for source in (emulated, twin, v4l2, folder):
+        source.open()
+    frame = emulated.read(decode=False)
+    assert frame.image is None
+    # The same pixels a decoding read would have given (the emulated scene is deterministic).
+    assert np.array_equal(emulated.decode(frame).image, twin.read().image)
+    assert folder.decode(folder.read(decode=False)).image[0, 0, 0] == 40
+    assert v4l2.decode(v4l2.read(decode=False)).image.shape == (48, 64, 3)
+    for source in (emulated, folder, v4l2):
+        stale = source.read(decode=False)
+        source.read(decode=False)
+        with pytest.raises(DeviceError, match="no longer"):
+            source.decode(stale)
+        decoded = source.read()
+        assert source.decode(decoded) is decoded   # a decoded frame is returned as it is
+
+
 def test_emulated_source_scene_changes_live():
     source = EmulatedSource(640, 360, fps=0)
     source.open()

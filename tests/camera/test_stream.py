@@ -124,6 +124,32 @@ def test_stream_delivers_the_newest_frame_then_reports_stall_and_eof(fifo):
             os.close(fd)
 
 
+def test_a_frame_taken_off_undecoded_is_decoded_until_the_next_read(fifo):
+    source = StreamSource(str(fifo), read_timeout_s=0.5)
+    holder = []
+    thread = threading.Thread(target=lambda: (time.sleep(0.1), holder.append(writer(fifo)),
+                                              os.write(holder[0], jpeg(10))))
+    thread.start()
+    try:
+        source.open()
+        thread.join()
+        source.read()
+        os.write(holder[0], jpeg(60) + jpeg(110))
+        frame = source.read(decode=False)
+        assert frame.image is None and source.dropped == 1
+        decoded = source.decode(frame)
+        assert decoded.index == frame.index and decoded.t_acq_ns == frame.t_acq_ns
+        assert int(decoded.image[1, 1, 0]) == pytest.approx(110, abs=3)   # the newest, as read() gives
+        os.write(holder[0], jpeg(160))
+        source.read(decode=False)
+        with pytest.raises(DeviceError, match="no longer in the stream"):
+            source.decode(frame)
+    finally:
+        source.close()
+        for fd in holder:
+            os.close(fd)
+
+
 def test_emulator_control_commands_and_plug_state(tmp_path):
     path = tmp_path / "video.mjpeg"
     emulator = CameraEmulator(path, EmulatedSource(320, 240, fps=0))
