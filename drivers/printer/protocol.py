@@ -124,7 +124,18 @@ def panel_bytes(levels: int, width: int = CARD_WIDTH, height: int = CARD_HEIGHT)
     return width * height * bits_per_pixel(levels) // 8
 
 
-_GROUP_SHIFTS = {bits: np.arange(7, -1, -1, dtype=np.uint64) * np.uint64(bits) for bits in (5, 6, 7)}
+def _byte_plan(bits: int) -> list[list[tuple[int, int]]]:
+    """Eight pixels of ``bits`` bits are ``bits`` whole bytes. For each of those bytes, the
+    pixels with bits in it and how far right each is shifted to get there (a negative
+    shift is to the left; uint8 arithmetic drops what overflows into the byte before)."""
+    plan = []
+    for k in range(bits):
+        low, high = 8 * k, 8 * k + 8
+        plan.append([(i, bits * (i + 1) - high) for i in range(8) if bits * i < high and bits * (i + 1) > low])
+    return plan
+
+
+_BYTE_PLANS = {bits: _byte_plan(bits) for bits in (5, 6, 7)}
 
 
 def pack_panel(levels_array: np.ndarray, levels: int) -> bytes:
@@ -141,13 +152,24 @@ def pack_panel(levels_array: np.ndarray, levels: int) -> bytes:
     pixels = levels_array.reshape(-1)
     if bits == 1:
         return np.packbits(pixels).tobytes()
-    # Eight pixels of ``bits`` bits are ``bits`` whole bytes: build each group as one 64-bit
-    # word and keep its low bytes, big-endian (milliseconds, where a bit per byte took tens).
+    # Byte by byte of each 8-pixel group, in uint8 shifts and ors over whole columns of
+    # groups (under a millisecond a colour panel; a 64-bit word a group took four).
     count = pixels.size
-    groups = np.zeros((-(-count // 8), 8), np.uint64)
-    groups.reshape(-1)[:count] = pixels
-    words = np.bitwise_or.reduce(groups << _GROUP_SHIFTS[bits], axis=1)
-    return words.astype(">u8").view(np.uint8).reshape(-1, 8)[:, 8 - bits:].tobytes()[: count * bits // 8]
+    if count % 8:
+        pixels = np.concatenate([pixels, np.zeros(8 - count % 8, np.uint8)])
+    groups = pixels.reshape(-1, 8)
+    out = np.empty((len(groups), bits), np.uint8)
+    byte, part = np.empty(len(groups), np.uint8), np.empty(len(groups), np.uint8)
+    for k, parts in enumerate(_BYTE_PLANS[bits]):
+        byte.fill(0)
+        for i, right in parts:
+            if right >= 0:
+                np.right_shift(groups[:, i], right, out=part)
+            else:
+                np.left_shift(groups[:, i], -right, out=part)
+            byte |= part
+        out[:, k] = byte
+    return out.tobytes()[: count * bits // 8]
 
 
 def unpack_panel(
@@ -164,13 +186,22 @@ def unpack_panel(
     count = width * height
     if bits == 1:
         return np.unpackbits(np.frombuffer(data, dtype=np.uint8), count=count).reshape(height, width)
-    groups = -(-count // 8)  # the inverse of pack_panel: ``bits`` bytes -> one word -> 8 pixels
+    groups = -(-count // 8)  # the inverse of pack_panel, byte by byte of each group
     padded = np.zeros(groups * bits, np.uint8)
     padded[: len(data)] = np.frombuffer(data, dtype=np.uint8)
-    words = np.zeros((groups, 8), np.uint8)
-    words[:, 8 - bits:] = padded.reshape(groups, bits)
-    pixels = (words.view(">u8") >> _GROUP_SHIFTS[bits]) & np.uint64((1 << bits) - 1)
-    return pixels.astype(np.uint8).reshape(-1)[:count].reshape(height, width)
+    rows = padded.reshape(groups, bits)
+    pixels = np.zeros((groups, 8), np.uint8)
+    part = np.empty(groups, np.uint8)
+    mask = np.uint8((1 << bits) - 1)
+    for k, parts in enumerate(_BYTE_PLANS[bits]):
+        for i, right in parts:
+            if right >= 0:
+                np.left_shift(rows[:, k], right, out=part)
+            else:
+                np.right_shift(rows[:, k], -right, out=part)
+            part &= mask
+            pixels[:, i] |= part
+    return pixels.reshape(-1)[:count].reshape(height, width)
 
 
 def check_panels(panels: Iterable[Sequence], ribbon: str | None = None) -> list[Panel]:
