@@ -497,6 +497,32 @@ class Reply:
         return self.payloads[self.names.index(name)]
 
 
+def request_header(cmd: str, args: dict | None, timeout_s: float) -> dict[str, Any]:
+    """A command's header, with a fresh ``corr`` and a deadline ``timeout_s`` from now."""
+    return {"v": ENVELOPE_VERSION, "corr": secrets.token_hex(8), "cmd": cmd, "args": args or {},
+            "deadline_ns": time.time_ns() + int(timeout_s * 1e9)}
+
+
+def reply_header(frame: bytes) -> dict[str, Any] | None:
+    """A reply's first frame decoded; None for one that is not a JSON object."""
+    try:
+        reply = json.loads(frame)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return reply if isinstance(reply, dict) else None
+
+
+def reply_outcome(peer: str, cmd: str, reply: dict[str, Any], frames: list[Any]) -> Reply:
+    """What a reply to ``cmd`` says: its result and named payloads, or its error raised."""
+    if not reply.get("ok"):
+        raise CommandError.from_reply(reply.get("error") or {})
+    try:
+        names = payload_names(reply, len(frames))
+    except MalformedMessage as exc:
+        raise CommandError(f"{peer} answered '{cmd}' with {exc}", code="internal") from None
+    return Reply(reply.get("result") or {}, frames, names)
+
+
 class CommandClient:
     """A DEALER socket for request/reply with one daemon; one thread uses it at a time."""
 
@@ -516,10 +542,8 @@ class CommandClient:
         ``abandon``, asked every ``ABANDON_CHECK_S`` while waiting, returns an error when the
         reply can no longer come (the peer died): that error is raised at once instead of
         waiting out the deadline."""
-        corr = secrets.token_hex(8)
         deadline = time.monotonic() + timeout_s
-        header = {"v": ENVELOPE_VERSION, "corr": corr, "cmd": cmd, "args": args or {},
-                  "deadline_ns": time.time_ns() + int(timeout_s * 1e9)}
+        header = request_header(cmd, args, timeout_s)
         parts = name_payloads(header, payloads or {})
         self.socket.send_multipart([dump_json(header), *parts], copy=False)
         while True:
@@ -532,21 +556,11 @@ class CommandClient:
                     raise reason
                 continue
             frames = self.socket.recv_multipart()
-            try:
-                reply = json.loads(frames[0])
-            except (ValueError, UnicodeDecodeError):
-                self.stale_replies += 1
-                continue
-            if not isinstance(reply, dict) or reply.get("corr") != corr:
+            reply = reply_header(frames[0])
+            if reply is None or reply.get("corr") != header["corr"]:
                 self.stale_replies += 1  # a reply to a request we already gave up on
                 continue
-            if reply.get("ok"):
-                try:
-                    names = payload_names(reply, len(frames) - 1)
-                except MalformedMessage as exc:
-                    raise CommandError(f"{self.name} answered '{cmd}' with {exc}", code="internal") from None
-                return Reply(reply.get("result") or {}, frames[1:], names)
-            raise CommandError.from_reply(reply.get("error") or {})
+            return reply_outcome(self.name, cmd, reply, frames[1:])
 
     def close(self) -> None:
         self.socket.close(linger=0)

@@ -134,13 +134,16 @@ class CameraDaemon(DeviceDaemon):
         source = self.source
         try:
             frame = source.read(decode=needed)
-            if not needed and self.serve_waiting_commands() and self.pending is not None and self.source is source:
-                # A capture asked for while this frame was on its way starts with it: waiting
-                # for the next would cost the officer a frame time.
-                frame, needed = source.decode(frame), True
         except DeviceError as exc:
             self.lose(exc)
             return
+        if not needed and self.serve_waiting_commands() and self.pending is not None and self.source is source:
+            # A capture asked for while this frame was on its way starts with it: waiting
+            # for the next would cost the officer a frame time.
+            try:
+                frame, needed = source.decode(frame), True
+            except DeviceError as exc:  # a corrupt frame: the capture starts with the next
+                self.log.debug("frame %d not decoded for the capture: %s", frame.index, exc.message)
         self.frames_read += 1
         if not needed:
             return

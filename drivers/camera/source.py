@@ -316,7 +316,7 @@ class StreamSource(FrameSource):
         self._index = 0
         self._size: tuple[int, int] | None = None
         self._first: np.ndarray | None = None
-        self._undecoded: bytes | None = None
+        self._undecoded: bytes | np.ndarray | None = None  # the last frame read, for ``decode``
 
     def open(self) -> None:
         self.close()
@@ -348,6 +348,8 @@ class StreamSource(FrameSource):
         if image is None:
             image = self._next_image(f"{self.device}: no frame for {self.read_timeout_s:g} s (writer stalled)",
                                      decode)
+        else:
+            self._undecoded = image  # decoded at open(), kept for ``decode``
         frame = Frame(image if decode else None, time.monotonic_ns(), self._index)
         self._index += 1
         return frame
@@ -357,6 +359,8 @@ class StreamSource(FrameSource):
             return frame
         if frame.index != self._index - 1 or self._undecoded is None:
             raise DeviceError(f"{self.device}: frame {frame.index} is no longer in the stream")
+        if isinstance(self._undecoded, np.ndarray):
+            return replace(frame, image=self._undecoded)
         image = cv2.imdecode(np.frombuffer(self._undecoded, np.uint8), cv2.IMREAD_COLOR)
         if image is None:
             self.undecodable += 1

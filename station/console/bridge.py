@@ -15,20 +15,18 @@ pages need is pushed to them through ``Bridge.pages`` (``Pages`` in ``web.py``):
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import secrets
 import time
 from typing import Any, Protocol
 
 import zmq
 import zmq.asyncio
 
-from station.bus import FRAME_HWM, Reply, Subscriber
+from station.bus import FRAME_HWM, Reply, Subscriber, reply_header, reply_outcome, request_header
 from station import peers
 from station.console import banners
-from station.envelope import ENVELOPE_VERSION, MalformedMessage, Message, dump_json, name_payloads, payload_names
-from station.errors import CommandError, DeadlineExceeded, StationError
+from station.envelope import Message, dump_json
+from station.errors import DeadlineExceeded, StationError
 from station.paths import Paths
 
 log = logging.getLogger("station.console.bridge")
@@ -56,36 +54,26 @@ class AsyncCommands:
     async def _read(self) -> None:
         while True:
             frames = await self.socket.recv_multipart()
-            try:
-                reply = json.loads(frames[0])
-                future = self.pending.pop(reply["corr"]) if isinstance(reply, dict) else None
-            except (ValueError, UnicodeDecodeError, KeyError, TypeError):
-                future = None
+            reply = reply_header(frames[0])
+            corr = reply.get("corr") if reply is not None else None
+            future = self.pending.pop(corr, None) if isinstance(corr, str) else None
             if future is None or future.done():
                 self.stale_replies += 1  # one we gave up on
                 continue
             future.set_result((reply, frames[1:]))
 
     async def call(self, cmd: str, args: dict | None = None, *, timeout_s: float = 5.0) -> Reply:
-        corr = secrets.token_hex(8)
-        header = {"v": ENVELOPE_VERSION, "corr": corr, "cmd": cmd, "args": args or {},
-                  "deadline_ns": time.time_ns() + int(timeout_s * 1e9)}
+        header = request_header(cmd, args, timeout_s)
         future = asyncio.get_running_loop().create_future()
-        self.pending[corr] = future
+        self.pending[header["corr"]] = future
         try:
-            await self.socket.send_multipart([dump_json(header), *name_payloads(header, {})])
+            await self.socket.send_multipart([dump_json(header)])
             reply, frames = await asyncio.wait_for(future, timeout_s)
         except asyncio.TimeoutError:
             raise DeadlineExceeded(f"no reply from {self.name} to '{cmd}' within {timeout_s:g} s") from None
         finally:
-            self.pending.pop(corr, None)
-        if not reply.get("ok"):
-            raise CommandError.from_reply(reply.get("error") or {})
-        try:
-            names = payload_names(reply, len(frames))
-        except MalformedMessage as exc:
-            raise CommandError(f"{self.name} answered '{cmd}' with {exc}", code="internal") from None
-        return Reply(reply.get("result") or {}, frames, names)
+            self.pending.pop(header["corr"], None)
+        return reply_outcome(self.name, cmd, reply, frames)
 
     def close(self) -> None:
         self._reader.cancel()

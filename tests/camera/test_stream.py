@@ -133,7 +133,8 @@ def test_a_frame_taken_off_undecoded_is_decoded_until_the_next_read(fifo):
     try:
         source.open()
         thread.join()
-        source.read()
+        first = source.read(decode=False)  # the frame open() waited for (and decoded)
+        assert int(source.decode(first).image[1, 1, 0]) == pytest.approx(10, abs=3)
         os.write(holder[0], jpeg(60) + jpeg(110))
         frame = source.read(decode=False)
         assert frame.image is None and source.dropped == 1
