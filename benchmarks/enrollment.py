@@ -24,8 +24,10 @@ read before and after every step:
   the frames its packet handler is given (header 9 + payload + checksum 2 bytes each) and
   answers ``stats`` on its stdin. The emulator paces only what it sends, so the received
   bytes' line time (about 1 ms a finger) is in ``device_s`` but was never actually spent.
-  It models no image acquisition time (GenImg answers at once) and runs without faults, so
-  ``sensor_delays_s`` is 0.
+  Its image acquisition time is what the emulator takes to synthesise the impression a
+  GenImg images (``SyntheticFinger``, 9-25 ms; a real sensor takes far longer): the
+  wrapper times each ``next_impression`` (``sensor_imaging_s``). It runs without faults,
+  so ``sensor_delays_s`` is 0.
 - camera: ``capture.consecutive_frames`` (from the camera daemon's effective config) at
   the emulator's 30 fps, the least time an auto-capture can take. The camera emulator's
   own ``frames_sent`` (its ``status`` command) is reported beside it, for the portrait step
@@ -116,10 +118,39 @@ def sensor_emulator_main(link: Path, control: Path, baud: int) -> int:
     from drivers.fingerprint.prints import SyntheticFinger
     from station import logs
 
+    class TimedPrints:
+        """The emulator's print source, timing the impressions it synthesises for GenImg."""
+
+        def __init__(self, prints: Any, sensor: "CountingSensor"):
+            self.prints, self.sensor = prints, sensor
+
+        @property
+        def identity(self) -> str:
+            return self.prints.identity
+
+        def next_impression(self) -> Any:
+            started = time.perf_counter_ns()
+            try:
+                return self.prints.next_impression()
+            finally:
+                self.sensor.imaging_ns += time.perf_counter_ns() - started
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.prints, name)
+
     class CountingSensor(SensorEmulator):
         frames_received = 0
         bytes_received = 0
+        imaging_ns = 0  # spent synthesising impressions (the sensor imaging a finger)
         line_idle_wall_ns = 0  # when the last byte of the last reply had crossed the line
+
+        @property
+        def prints(self) -> Any:
+            return self._timed_prints
+
+        @prints.setter
+        def prints(self, source: Any) -> None:  # the control channel's ``finger`` sets it too
+            self._timed_prints = TimedPrints(source, self)
 
         def _on_packet(self, packet: fp.Packet) -> None:
             self.frames_received += 1
@@ -141,6 +172,7 @@ def sensor_emulator_main(link: Path, control: Path, baud: int) -> int:
         # The line's byte counters live in the shared toolkit's ``port_stats`` (drivers/emulation.py).
         return {**asdict(emulator.stats), **asdict(emulator.port_stats), "frames_received": emulator.frames_received,
                 "bytes_received": emulator.bytes_received, "line_idle_wall_ns": emulator.line_idle_wall_ns,
+                "imaging_s": emulator.imaging_ns / 1e9,
                 "baud": emulator.parameters.baud,
                 "paced": emulator.baud is not None, "slow_s": emulator.faults.slow}
 
@@ -314,6 +346,7 @@ def sensor_delta(before: dict, after: dict) -> dict[str, Any]:
     baud = after["baud"]
     return {"bytes_sent": sent, "bytes_received": received, "commands": after["commands"] - before["commands"],
             "sent_s": line_s(sent, baud), "received_s": line_s(received, baud),
+            "imaging_s": after["imaging_s"] - before["imaging_s"],
             "bad_packets": after["bad_packets_received"] - before["bad_packets_received"],
             "replies_dropped": after["replies_dropped"] - before["replies_dropped"]}
 
@@ -356,7 +389,7 @@ class Officer:
         sensor = sensor_delta(self.sensor, after)
         self.sensor = after
         info: dict[str, Any] = {"wall_s": wall, "sensor": sensor,
-                                "device_s": sensor["sent_s"] + sensor["received_s"]}
+                                "device_s": sensor["sent_s"] + sensor["received_s"] + sensor["imaging_s"]}
         if expect_event and not events:
             info["driver_event_missing"] = True
         if events:
@@ -415,7 +448,7 @@ def enroll(station: Station, number: int, rng: random.Random) -> dict[str, Any]:
         officer.close()
 
     device = {"sensor_sent_s": sensor_all["sent_s"], "sensor_received_s": sensor_all["received_s"],
-              "sensor_delays_s": 0.0, "camera_s": camera["min_s"]}
+              "sensor_imaging_s": sensor_all["imaging_s"], "sensor_delays_s": 0.0, "camera_s": camera["min_s"]}
     device_s = sum(device.values())
     per_step = {}
     for name, s in steps.items():
