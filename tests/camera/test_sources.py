@@ -46,7 +46,7 @@ def test_emulated_source_paces_to_fps():
     start = time.monotonic()
     frames = [source.read() for _ in range(12)]
     elapsed = time.monotonic() - start
-    assert 12 / 40 * 0.9 <= elapsed <= 12 / 40 + 0.15, elapsed
+    assert elapsed >= 12 / 40 * 0.9, elapsed   # never faster than the frame rate
     gaps = np.diff([f.t_acq_ns for f in frames]) / 1e6
     assert abs(float(np.median(gaps)) - 25.0) < 5, gaps
     assert frames[0].image.shape == (360, 640, 3)

@@ -117,7 +117,7 @@ def test_stream_delivers_the_newest_frame_then_reports_stall_and_eof(fifo):
         start = time.monotonic()
         with pytest.raises(DeviceError, match="stream ended"):
             source.read()
-        assert time.monotonic() - start < 0.1
+        assert time.monotonic() - start < 0.3  # at once, not after the read timeout
     finally:
         source.close()
         if fd is not None:

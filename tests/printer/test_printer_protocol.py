@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -181,11 +180,8 @@ def test_pack_hand_computed_vectors() -> None:
 @pytest.mark.parametrize(("levels", "size"), [(2, 82_296), (32, 411_480), (64, 493_776), (128, 576_072)])
 def test_card_panel_round_trip_at_every_level_count(levels: int, size: int) -> None:
     bitmap = np.random.default_rng(levels).integers(0, levels, (CARD_HEIGHT, CARD_WIDTH), dtype=np.uint8)
-    started = time.perf_counter()
-    data = pr.pack_panel(bitmap, levels)
-    elapsed = time.perf_counter() - started
+    data = pr.pack_panel(bitmap, levels)  # its speed is benchmarks/card_job.py's
     assert len(data) == size == pr.panel_bytes(levels)
-    assert elapsed < 1.0  # vectorised; a per-pixel loop takes seconds
     first_rows = reference_pack(bitmap[:4], pr.bits_per_pixel(levels))
     assert data[: len(first_rows)] == first_rows
     restored = pr.unpack_panel(data, levels)
