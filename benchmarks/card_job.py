@@ -27,6 +27,10 @@ in, and answering) and ``other`` (checks, framing); ``emulator_cpu_ms`` is the c
 counted: the station's own work whatever the line and the printer take.
 ``--emulator thread`` runs it in this process instead, on the same core.
 
+``transport_floor`` moves the card's stream bytes through a bare pty to a reader on the
+emulator's core, nothing else (``bare_pty_ms``), and gives the ratio a job doing only the
+render and that transfer would reach (``ratio_at_best``): the floor under ``ratio``.
+
 Goals: ``per_card_ms`` (median of the full path) <= 300 and ``ratio`` (median full /
 median render alone) <= 1.3. Prints one JSON object on stdout; progress on stderr. About
 25 s with the defaults.
@@ -39,6 +43,7 @@ import argparse
 import json
 import os
 import platform
+import pty
 import random
 import shutil
 import statistics
@@ -46,6 +51,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tty
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -186,6 +192,38 @@ def render_only(face: CardFace, card: CardData) -> dict[str, float]:
     return {"total": time.perf_counter() - t0, "cpu": time.process_time() - cpu0}
 
 
+def bare_pty_ms(size: int, reader_cpus: set[int], rounds: int = 10) -> float:
+    """The card's stream through a bare pty: this process writes ``size`` bytes, a forked
+    reader on ``reader_cpus`` takes them (up to 1 MiB a read) and answers one byte. No
+    protocol, no decoding: the least a printer on a pty can cost (median, ms)."""
+    master, slave = pty.openpty()
+    tty.setraw(slave)
+    data, times = bytes(size), []
+    try:
+        for _ in range(rounds):
+            pid = os.fork()
+            if pid == 0:  # the reader: nothing but reads
+                try:
+                    os.sched_setaffinity(0, reader_cpus)
+                    got = 0
+                    while got < size:
+                        got += len(os.read(master, 1 << 20))
+                    os.write(master, b"\r")
+                finally:
+                    os._exit(0)
+            started = time.perf_counter()
+            view = memoryview(data)
+            while view:
+                view = view[os.write(slave, view):]
+            os.read(slave, 1)
+            times.append(time.perf_counter() - started)
+            os.waitpid(pid, 0)
+    finally:
+        os.close(master)
+        os.close(slave)
+    return ms(statistics.median(times))
+
+
 # -- the run ---------------------------------------------------------------------------------
 def ms(seconds: float) -> float:
     return round(seconds * 1000, 2)
@@ -280,6 +318,7 @@ def run(cards: int, mode: str, top: Path) -> dict[str, Any]:
                              [tuple(r) for r in settings["overlay_keep_clear"][name]])
              for name, side in zip(("front", "back"), face.render(one_card))]
     stream_bytes = sum(pr.panel_bytes(p.levels) for side in sides for p in side)
+    floor_ms = bare_pty_ms(stream_bytes, spare if mode == "process" else {cpu})
     return {
         "benchmark": "card_job",
         "per_card_ms": ms(full),
@@ -307,6 +346,9 @@ def run(cards: int, mode: str, top: Path) -> dict[str, Any]:
         "warmup_cards": WARMUP_CARDS,
         "panels": {name: "".join(p.letter for p in side) for name, side in zip(("front", "back"), sides)},
         "stream_bytes_per_card": stream_bytes,
+        # The same bytes through a bare pty (no protocol, no decoding), and the ratio a card
+        # job would have if rendering it and moving those bytes were all it did.
+        "transport_floor": {"bare_pty_ms": floor_ms, "ratio_at_best": round((ms(render) + floor_ms) / ms(render), 3)},
         "ribbon": settings["ribbon"], "color_levels": settings["color_levels"],
         "keep_clear": settings["overlay_keep_clear"],
         "printer": identity.model,
