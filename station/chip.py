@@ -25,9 +25,8 @@ A card printer's contactless encoder is a PC/SC reader; the controller drives it
    chain when a CSCA is given).
 
 Active Authentication here is ECDSA only: the signature is the plain r || s of BSI
-TR-03111 over SHA-256 of the challenge. 9303-11 wants DG14's ActiveAuthenticationInfo to name
-that algorithm for an ECDSA key; DG14 is not written yet (``lds.py``), so an inspection
-system other than this one must assume ECDSA-with-SHA-256 for now.
+TR-03111 over SHA-256 of the challenge, the algorithm DG14's ActiveAuthenticationInfo names
+(``lds.dg14``; the read-back checks it is there, as 9303-11 wants for an ECDSA key).
 
 Any failure on the way is ``encoding_failed`` (the card is rejected and the print queue
 retries on a new one); a reader that is not there is ``device_error`` (the queue waits).
@@ -196,6 +195,14 @@ class ChipEncoder:
         if "DG15" not in files:
             raise EncodingFailed("Active Authentication is on but the chip has no DG15 (its public key)")
         key = aa_public_key(files["DG15"])
+        try:
+            algorithm = lds.aa_signature_algorithm(files["DG14"]) if "DG14" in files else None
+        except lds.LdsError as exc:
+            raise EncodingFailed(f"DG14 read back: {exc.message}") from None
+        if algorithm != lds.ECDSA_PLAIN_SHA256_OID:
+            raise EncodingFailed(f"DG14 read back names {algorithm or 'no'} Active Authentication signature "
+                                 f"algorithm; an ECDSA key needs ecdsa-plain-SHA256 ({lds.ECDSA_PLAIN_SHA256_OID}) "
+                                 "there, or inspection systems cannot check the chip")
         challenge = secrets.token_bytes(AA_CHALLENGE_LENGTH)
         command = apdu.internal_authenticate(challenge)
         signature = self._protected(channel, command, "INTERNAL AUTHENTICATE (Active Authentication)").data

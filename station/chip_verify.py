@@ -10,7 +10,8 @@ the result says the chain was not checked.
   1. each file is one TLV with its own tag, filling the file
   2. EF.SOD is CMS SignedData over an LDSSecurityObject
   3. each data group's hash is the one EF.SOD lists; listed but absent, present but not
-     listed, are failures; EF.COM lists the same data groups
+     listed, are failures; EF.COM lists the same data groups; an ECDSA Active
+     Authentication key in DG15 has DG14 name its signature algorithm
   4. the signed attributes hold the eContent's type and digest; the signature over them
      verifies with the DS certificate's key; the DS certificate is valid now and signs
   5. with a CSCA: the CSCA issued the DS certificate (name and signature) and is valid now
@@ -28,7 +29,7 @@ from typing import Any, Mapping
 from asn1crypto import cms, core
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from station import lds
@@ -154,6 +155,7 @@ def verify_files(files: Mapping[str, bytes], csca: x509.Certificate | None = Non
     if sod is None:
         return result
     _check_hashes(result, files, sod)
+    _check_active_authentication_info(result, files)
     _check_signature(result, sod)
     _check_document_signer(result, sod, now)
     _check_chain(result, sod, csca, now)
@@ -288,6 +290,41 @@ def _check_hashes(result: ChipVerification, files: Mapping[str, bytes], sod: _So
                        f"EF.COM misses or looks for data groups (EF.COM is not signed; the encoder wrote it wrong)")
     else:
         result.add("EF.COM data groups", NOT_CHECKED, "no EF.COM: the data groups were taken from EF.SOD alone")
+
+
+def _check_active_authentication_info(result: ChipVerification, files: Mapping[str, bytes]) -> None:
+    """An ECDSA key in DG15 needs DG14's ActiveAuthenticationInfo to name its signature
+    algorithm (Doc 9303-11), or an inspection system cannot check Active Authentication."""
+    if "DG15" not in files:
+        return
+    name = "Active Authentication info"
+    try:
+        key = serialization.load_der_public_key(lds.read_file("DG15", files["DG15"]))
+    except (lds.LdsError, ValueError, UnsupportedAlgorithm) as exc:
+        result.add(name, FAIL, f"DG15 holds no public key ({exc})")
+        return
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        result.add(name, PASS, f"DG15 holds a {type(key).__name__}: RSA Active Authentication needs no DG14")
+        return
+    if "DG14" not in files:
+        result.add(name, FAIL, "DG15 holds an ECDSA key but there is no DG14 to name its signature algorithm")
+        return
+    try:
+        algorithm = lds.aa_signature_algorithm(files["DG14"])
+    except lds.LdsError as exc:
+        result.add(name, FAIL, exc.message)
+        return
+    if algorithm is None:
+        result.add(name, FAIL, "DG15 holds an ECDSA key but DG14 has no ActiveAuthenticationInfo")
+    elif algorithm not in _ECDSA_PLAIN:
+        result.add(name, FAIL, f"DG14 names {algorithm}, not an ECDSA plain-signature algorithm of BSI TR-03111")
+    else:
+        result.add(name, PASS, f"DG14 names {_ECDSA_PLAIN[algorithm]} for DG15's ECDSA key")
+
+
+# BSI TR-03111 ecdsa-plain-signatures (0.4.0.127.0.7.1.1.4.1), by hash
+_ECDSA_PLAIN = {f"0.4.0.127.0.7.1.1.4.1.{n}": f"ecdsa-plain-{h}"
+                for n, h in ((1, "SHA1"), (2, "SHA224"), (3, "SHA256"), (4, "SHA384"), (5, "SHA512"))}
 
 
 def _groups(numbers: set[int]) -> str:

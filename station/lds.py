@@ -10,13 +10,13 @@ groups are BER-TLV (tags and lengths only, written by ``tlv`` here); what is ASN
   DG2     75 7F61 (02 01 count) 7F60 (A1 header, 5F2E ISO/IEC 19794-5 face record): the portrait
   DG13    6D: the Vietnamese national data, SEQUENCE { INTEGER field id, UTF8String value }
           one a field, as printed on the card face (``card.printed``)
+  DG14    6E: SecurityInfos (Doc 9303-11 9.2) with the ActiveAuthenticationInfo { id-AA
+          2.23.136.1.1.5, version 1, ecdsa-plain-SHA256 0.4.0.127.0.7.1.1.4.1.3 (BSI
+          TR-03111) }, when the chip has an ECDSA Active Authentication key: 9303-11 wants
+          the signature algorithm named for ECDSA (an RSA key needs no DG14)
   DG15    6F: the Active Authentication public key (SubjectPublicKeyInfo), when the chip has one
   EF.SOD  77: CMS SignedData over an LDSSecurityObject (SHA-256 of each whole data group),
           signed by the Document Signer (``station/pki.py``) whose certificate it carries
-
-An ECDSA Active Authentication key needs DG14's ActiveAuthenticationInfo to name its
-signature algorithm; this module does not write DG14, so a chip with DG15 here should hold an
-RSA key, or the encoder adds DG14 and passes it to ``ef_sod`` with the others.
 """
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ from typing import Iterable, Mapping, Sequence
 from asn1crypto import algos, cms, core
 from asn1crypto import x509 as asn1_x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from PIL import Image, UnidentifiedImageError
 
@@ -341,6 +342,49 @@ def dg13_fields(data: bytes) -> dict[int, str]:
     return fields
 
 
+# -- DG14 --------------------------------------------------------------------------------------
+
+AA_PROTOCOL_OID = "2.23.136.1.1.5"  # id-icao-mrtd-security-aaProtocolObject
+AA_INFO_VERSION = 1
+ECDSA_PLAIN_SHA256_OID = "0.4.0.127.0.7.1.1.4.1.3"  # BSI TR-03111 ecdsa-plain-SHA256
+
+
+class SecurityInfo(core.Sequence):
+    """Doc 9303-11 SecurityInfo: a protocol and what it requires (and may add), as any ASN.1."""
+
+    _fields = [("protocol", core.ObjectIdentifier), ("required_data", core.Any),
+               ("optional_data", core.Any, {"optional": True})]
+
+
+class SecurityInfos(core.SetOf):
+    _child_spec = SecurityInfo
+
+
+def dg14(signature_algorithm: str = ECDSA_PLAIN_SHA256_OID) -> bytes:
+    """DG14 holding the ActiveAuthenticationInfo that names the AA signature algorithm."""
+    info = SecurityInfo({"protocol": AA_PROTOCOL_OID, "required_data": core.Integer(AA_INFO_VERSION),
+                         "optional_data": core.ObjectIdentifier(signature_algorithm)})
+    return tlv(0x6E, SecurityInfos([info]).dump())
+
+
+def aa_signature_algorithm(data: bytes) -> str | None:
+    """The signature algorithm (dotted OID) DG14's ActiveAuthenticationInfo names; None when
+    DG14 has no ActiveAuthenticationInfo; ``LdsError`` for a DG14 that does not parse."""
+    try:
+        infos = SecurityInfos.load(read_file("DG14", data))
+        for info in infos:
+            if info["protocol"].dotted != AA_PROTOCOL_OID:
+                continue
+            version = core.Integer.load(info["required_data"].dump()).native
+            if version != AA_INFO_VERSION or info["optional_data"].native is None:
+                raise LdsError(f"DG14: ActiveAuthenticationInfo version {version} without a signature "
+                               f"algorithm; Doc 9303-11 defines version {AA_INFO_VERSION} with one")
+            return core.ObjectIdentifier.load(info["optional_data"].dump()).dotted
+    except (ValueError, TypeError) as exc:
+        raise LdsError(f"DG14: not SecurityInfos ({exc})") from None
+    return None
+
+
 # -- DG15 --------------------------------------------------------------------------------------
 
 def dg15(public_key: PublicKeyTypes) -> bytes:
@@ -421,13 +465,16 @@ def ef_sod(data_groups: Mapping[int, bytes], document_signer: DocumentSigner,
 
 def lds_files(card: CardData, chip_portrait: bytes, ds: DocumentSigner, aa_public_key: PublicKeyTypes | None = None,
               *, parents: str | None = None) -> dict[str, bytes]:
-    """Every file of the card's chip by name: EF.COM, DG1, DG2, DG13, DG15 (with an Active
-    Authentication key), EF.SOD. ``chip_portrait`` is the portrait compressed for the chip."""
+    """Every file of the card's chip by name: EF.COM, DG1, DG2, DG13, DG14 and DG15 (with
+    an Active Authentication key; DG14 for an ECDSA one), EF.SOD. ``chip_portrait`` is the
+    portrait compressed for the chip."""
     groups = {
         1: dg1(card_module.mrz_lines(card)),
         2: dg2(chip_portrait, sex=card.sex),
         13: dg13(dg13_values(card, parents)),
     }
+    if isinstance(aa_public_key, ec.EllipticCurvePublicKey):
+        groups[14] = dg14()
     if aa_public_key is not None:
         groups[15] = dg15(aa_public_key)
     return {

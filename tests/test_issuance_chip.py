@@ -92,7 +92,7 @@ def test_with_active_authentication_the_chip_gets_its_key_in_dg15_and_proves_it(
     assert (job["state"], job["attempt"], job["spoiled"]) == ("done", 1, [])
     (encoded,) = [e["body"] for e in encode_events(station, job["job"]) if e["topic"] == "station.print.encode"]
     assert encoded["chip"] == "verified" and encoded["active_authentication"] is True
-    assert encoded["files"] == sorted(["EF.COM", "DG1", "DG2", "DG13", "DG15", "EF.SOD"])
+    assert encoded["files"] == sorted(["EF.COM", "DG1", "DG2", "DG13", "DG14", "DG15", "EF.SOD"])
     chip = station.cards / "chips" / "card-0001"
     assert aa_public_key((chip / "DG15").read_bytes()).curve.name == "secp256r1"
     result = chip_verify.verify_directory(chip, pki.load_certificate(authority.csca_cert))

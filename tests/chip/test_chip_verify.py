@@ -122,6 +122,23 @@ def test_a_full_set_verifies_with_the_csca(chip_dir, pkis):
     assert result.verdict().startswith("VALID: ")
 
 
+def test_an_ecdsa_active_authentication_key_needs_dg14_to_name_its_algorithm(pkis, tmp_path, monkeypatch):
+    card, portrait, signer = make_card(), chip_portrait_jp2(), pkis[0].document_signer()
+    key = ec.generate_private_key(ec.SECP256R1()).public_key()
+    files = lds.lds_files(card, portrait, signer, key)
+    result = chip_verify.verify_files(files, _csca(pkis[0]))
+    assert result.valid, result.report()
+    assert _statuses(result)["Active Authentication info"] == PASS
+    assert "ecdsa-plain-SHA256" in next(c.message for c in result.checks if c.name == "Active Authentication info")
+    without = {name: data for name, data in files.items() if name != "DG14"}
+    assert "Active Authentication info" in _failed(chip_verify.verify_files(without, _csca(pkis[0])))
+    real = lds.dg14
+    monkeypatch.setattr(lds, "dg14", lambda: real("1.2.840.10045.4.3.2"))  # X9.62 ecdsa-with-SHA256 (DER r, s)
+    result = chip_verify.verify_files(lds.lds_files(card, portrait, signer, key), _csca(pkis[0]))
+    assert _failed(result) == ["Active Authentication info"], result.report()
+    assert "not an ECDSA plain-signature" in result.failures[0].message
+
+
 def test_without_a_csca_the_result_says_the_chain_was_not_checked(chip_dir):
     result = chip_verify.verify_directory(chip_dir)
     assert result.valid and not result.chain_checked
@@ -140,7 +157,9 @@ def test_one_changed_byte_in_a_data_group_is_refused(chip_dir, files, pkis, grou
     (chip_dir / group).write_bytes(bytes(data))
     result = chip_verify.verify_directory(chip_dir, _csca(pkis[0]))
     assert not result.valid
-    assert _failed(result) == [f"{group} hash"]
+    # A DG15 that no longer parses as a key also fails the Active Authentication check.
+    extra = ["Active Authentication info"] if group == "DG15" else []
+    assert _failed(result) in ([f"{group} hash"], [f"{group} hash", *extra])
     assert "changed after signing" in next(c.message for c in result.failures)
     assert "INVALID" in result.verdict()
 

@@ -235,7 +235,7 @@ def test_active_authentication_on_a_good_chip(pcscd: Pcscd, chip: ChipEmulator, 
     assert encoded.active_authentication
     assert set(encoded.seconds) == {"generate_aa_key", "personalize", "read_back", "verify"}
     assert encoded.verification["valid"], encoded.verification["verdict"]
-    assert "DG15" in encoded.verification["files"]
+    assert {"DG14", "DG15"} <= set(encoded.verification["files"])
     card = chip.card
     assert card.locked and card.aa_key is not None
     assert aa_public_key(card.file(lds.FILES["DG15"].file_id)).public_numbers() == \
@@ -251,6 +251,19 @@ def test_active_authentication_with_a_chip_signing_with_another_key(
     assert failure.value.code == "encoding_failed" and failure.value.retryable
     assert "Active Authentication failed" in failure.value.message and "DG15" in failure.value.message
     assert chip.card.locked
+
+
+def test_an_ecdsa_chip_without_dg14_is_refused_at_read_back(
+        pcscd: Pcscd, chip: ChipEmulator, files_for: FilesFor, card_files: tuple[dict[str, bytes], str]) -> None:
+    _, information = card_files
+    insert(chip, pcscd)
+
+    def without_dg14(aa_key):
+        return {name: data for name, data in files_for(aa_key).items() if name != "DG14"}
+
+    with pytest.raises(EncodingFailed) as failure:
+        ChipEncoder(pcscd.reader(0)).encode_with_active_authentication(without_dg14, information)
+    assert "DG14" in failure.value.message and "ecdsa-plain-SHA256" in failure.value.message
 
 
 def test_internal_authenticate_only_through_bac(card_files: tuple[dict[str, bytes], str]) -> None:

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import struct
+import subprocess
 import unicodedata
 
 import cv2
 import numpy as np
 import pytest
 from asn1crypto import keys
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from mrz.checker.td1 import TD1CodeChecker
 
 from station import card as card_module
@@ -167,6 +168,25 @@ def test_file_table():
     assert table["DG15"] == (0x010F, 0x0F, 0x6F)
     assert table["EF.SOD"] == (0x011D, 0x1D, 0x77)
     assert lds.AID.hex().upper() == "A0000002471001"
+
+
+def test_an_ecdsa_active_authentication_key_comes_with_dg14_naming_its_algorithm(tmp_path):
+    card = make_card()
+    signer = pki.init_test(tmp_path / "pki").document_signer()
+    files = lds.lds_files(card, chip_portrait_jp2(), signer, ec.generate_private_key(ec.SECP256R1()).public_key())
+    assert list(files) == ["EF.COM", "DG1", "DG2", "DG13", "DG14", "DG15", "EF.SOD"]
+    assert lds.ef_com_data_groups(files["EF.COM"]) == [1, 2, 13, 14, 15]
+    assert lds.aa_signature_algorithm(files["DG14"]) == lds.ECDSA_PLAIN_SHA256_OID
+    # OpenSSL, which knows none of these OIDs, reads the SecurityInfos the same way: a SET of
+    # one SEQUENCE { id-AA, INTEGER 1, ecdsa-plain-SHA256 }.
+    (tmp_path / "dg14.der").write_bytes(lds.read_file("DG14", files["DG14"]))
+    out = subprocess.run(["openssl", "asn1parse", "-inform", "DER", "-in", str(tmp_path / "dg14.der")],
+                         capture_output=True, text=True, timeout=30, check=True).stdout
+    items = [" ".join(line.split("prim:" if "prim:" in line else "cons:")[1].split()) for line in out.splitlines()]
+    assert items == ["SET", "SEQUENCE", "OBJECT :2.23.136.1.1.5", "INTEGER :01", "OBJECT :0.4.0.127.0.7.1.1.4.1.3"], out
+    assert lds.aa_signature_algorithm(lds.tlv(0x6E, lds.SecurityInfos([]).dump())) is None
+    with pytest.raises(lds.LdsError, match="DG14"):
+        lds.aa_signature_algorithm(lds.tlv(0x6E, b"\x31\x03\x02\x01\x01"))
 
 
 def test_lds_files_of_a_card_with_active_authentication(tmp_path):
