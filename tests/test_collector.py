@@ -169,3 +169,37 @@ def test_the_wire_carries_no_plaintext_name_or_image(station, central, tmp_path)
     assert sorted(central.records()) == sorted(ids)
     assert name not in wire and b"JFIF" not in wire and bytes(range(64)) not in wire
     assert b"VN-HP-0001" not in wire and b"station.enrollment" not in wire  # even ids and events are sealed
+
+
+def test_pieces_nobody_adds_to_for_days_are_swept_and_fresh_ones_kept(station, central, ctx):
+    spool = central.data_dir / "spool" / "VN-HP-0001"
+    spool.mkdir(parents=True, exist_ok=True)
+    old, fresh = spool / "R-gone.0123456789abcdef.part", spool / "R-busy.0123456789abcdef.part"
+    old.write_bytes(b"\0" * 1000)
+    fresh.write_bytes(b"\0" * 1000)
+    three_days_ago = os.path.getmtime(fresh) - 73 * 3600
+    os.utime(old, (three_days_ago, three_days_ago))
+    central.stop()
+    central.start()
+    wait_for(lambda: not old.exists(), 20, "the abandoned piece removed")
+    assert fresh.exists()
+
+
+def test_a_station_cannot_fill_the_collectors_spool(station, central, ctx):
+    central.config["spool"] = {"max_mib_per_station": 16}
+    central.write_config()
+    central.stop()
+    central.start()
+    client = RawStation(ctx, central, *keys_of(station))
+    piece, size = b"\x5a" * link.MAX_CHUNK_BYTES, 5 * link.MAX_CHUNK_BYTES
+    sha = hashlib.sha256(piece * 5).hexdigest()
+    for offset in range(0, 4 * len(piece), len(piece)):   # 16 MiB: the whole share
+        ack = client.ask(link.encode("chunk", piece, record="R-big", sha256=sha, size=size, offset=offset,
+                                     final=False), skip=())
+        assert ack.op == "chunk.ack" and ack["offset"] == offset + len(piece)
+    refused = client.ask(link.encode("chunk", piece, record="R-big", sha256=sha, size=size, offset=4 * len(piece),
+                                     final=True), skip=())
+    assert refused.op == "error" and refused["code"] == "spool_full" and refused["retryable"]
+    parts = list((central.data_dir / "spool" / "VN-HP-0001").iterdir())
+    assert [p.stat().st_size for p in parts] == [4 * len(piece)]
+    assert central.records() == {}

@@ -26,7 +26,7 @@ import zmq
 
 from station import link, sealing
 from station.collector.allowlist import Allowlist
-from station.collector.spool import Spool
+from station.collector.spool import Spool, SpoolFull
 from station.collector.storage import EventGap, NewRecord, StationEvent, Storage, StoredRecord
 from station.daemon import Daemon, main_for
 from station.errors import BadRequest, StationError
@@ -34,6 +34,7 @@ from station.paths import Paths
 
 DOMAIN = "collector"
 KEY_FILE = "collector.key"
+SPOOL_SWEEP_EVERY_S = 600.0  # how often abandoned record pieces are looked for
 
 
 @dataclass
@@ -92,7 +93,8 @@ class Collector(Daemon):
         self.allowlist = Allowlist.load(self.data_dir / self.config["stations_dir"], self.config["revoked"])
         self.zap.allow_curve(DOMAIN, self.allowlist.station_for_key)
         self.storage = storage or open_storage(self.config, self.data_dir, name=name)
-        self.spool = Spool(self.data_dir / "spool")
+        self.spool = Spool(self.data_dir / "spool", self._spool_cap(self.config))
+        self._next_sweep = 0.0  # the first loop turn sweeps what a previous run left
         self.link = self.ctx.socket(zmq.ROUTER)
         self.link.setsockopt(zmq.LINGER, 0)
         self.link.setsockopt(zmq.CURVE_SERVER, 1)
@@ -114,7 +116,8 @@ class Collector(Daemon):
         self._queue: list[Op] = []
         self._writing = False
         self.counters = {"records_stored": 0, "records_duplicate": 0, "records_refused": 0, "events_stored": 0,
-                         "bytes_received": 0, "malformed": 0, "not_allowed": 0}
+                         "bytes_received": 0, "malformed": 0, "not_allowed": 0, "spool_full": 0,
+                         "spool_swept": 0}
         self.log.info("listening on %s (key %s), %s storage, %d station(s) allowed", ", ".join(self.endpoints),
                       self.public_key.decode(), self.storage.name, len(self.allowlist))
 
@@ -140,6 +143,8 @@ class Collector(Daemon):
                 self.counters["malformed"] += 1
                 self._send(identity, link.error("bad_request", exc.message))
             except StationError as exc:
+                if isinstance(exc, SpoolFull):
+                    self.counters["spool_full"] += 1
                 self._send(identity, link.error(exc.code, exc.message, retryable=exc.retryable))
             except OSError as exc:  # the spool's disk: the station sends again later
                 self.log.error("spool of %s: %s", station, exc)
@@ -329,6 +334,30 @@ class Collector(Daemon):
         if fixed:
             raise StationError(f"{', '.join(fixed)} cannot change while running; restart the collector")
         self.config = new
+        self.spool.max_station_bytes = self._spool_cap(new)
+        self._next_sweep = 0.0
+
+    @staticmethod
+    def _spool_cap(config: dict[str, Any]) -> int:
+        return int(config["spool"]["max_mib_per_station"]) << 20
+
+    def tick(self, now: float) -> None:
+        if now >= self._next_sweep:
+            self._next_sweep = now + SPOOL_SWEEP_EVERY_S
+            self._sweep_spool()
+
+    def _sweep_spool(self) -> None:
+        """Pieces of records no station has added to for ``spool.abandon_after_h`` go."""
+        hours = float(self.config["spool"]["abandon_after_h"])
+        try:
+            files, size = self.spool.sweep(hours * 3600)
+        except OSError as exc:
+            self.log.error("sweeping the spool failed: %s", exc)
+            return
+        if files:
+            self.counters["spool_swept"] += files
+            self.log.info("removed %d abandoned record piece(s) from the spool (%d bytes, untouched for %g h)",
+                          files, size, hours)
 
     def status_fields(self) -> dict[str, Any]:
         return {"endpoints": self.endpoints, "public_key": self.public_key.decode(), "storage": self.storage.name,
