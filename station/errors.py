@@ -156,6 +156,7 @@ CODES: dict[str, str] = {
     "decrypt_failed": "the record is sealed to another central key, or damaged",
     # delivery to central (station/link.py)
     "storage_unavailable": "the collector's storage cannot write now; the station retries",
+    "spool_full": "a station's unfinished records fill its share of the collector's spool; the station retries",
     "event_gap": "events do not follow the last one the collector stored; details.expected says which",
     "record_conflict": "a record with that id but other content is stored already",
     "record_too_large": "the record is larger than the collector's storage accepts",
