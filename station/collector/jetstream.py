@@ -45,7 +45,8 @@ loses or duplicates a record:
 
 Timeouts, all here: ``connect_timeout_s`` to reach a first server (then it reconnects for
 ever); ``request_timeout_s`` for each JetStream request and for a batch's PubAcks;
-``STREAM_SETUP_TIMEOUT_S`` per stream create or update; ten request timeouts as the
+``STREAM_SETUP_TIMEOUT_S`` per stream create or update (asked again after a timeout, up to
+``STREAM_SETUP_DEADLINE_S`` for all streams); ten request timeouts as the
 backstop of one blocking call; a follower of ``events`` wakes each second to see ``close``.
 
 The ``Storage`` interface is blocking; the nats-py asyncio client runs on a private
@@ -87,6 +88,7 @@ MAX_RECORD_MESSAGE = 8 * 1024 * 1024  # the records stream's max_msg_size; the s
 # Creating or updating a replicated stream goes through the meta leader and elects the
 # stream's own raft group: seconds on a busy 2.9.10 cluster, longer than any data request.
 STREAM_SETUP_TIMEOUT_S = 15
+STREAM_SETUP_DEADLINE_S = 3.5 * STREAM_SETUP_TIMEOUT_S  # inside the 4 timeouts the set-up call may take
 
 # JetStream API error codes this backend acts on (nats-server errors.json).
 ERR_INSUFFICIENT_RESOURCES = 10023  # create: fewer servers than replicas
@@ -366,21 +368,37 @@ class JetStreamStorage:
         return nc
 
     async def _ensure_streams(self, configs: list[api.StreamConfig]) -> None:
-        """Create, or bring to this configuration: idempotent, so gateways may start together."""
+        """Create, or bring to this configuration: idempotent, so gateways may start together,
+        and a request that timed out is asked again (a cluster electing its leaders answers
+        nothing for a while) until ``STREAM_SETUP_DEADLINE_S``."""
         jsm = self._nc.jsm(timeout=STREAM_SETUP_TIMEOUT_S)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + STREAM_SETUP_DEADLINE_S
         for config in configs:
-            try:
-                await jsm.add_stream(config)
-            except nats.js.errors.APIError as error:
-                if error.err_code in (ERR_INSUFFICIENT_RESOURCES, ERR_REPLICAS_NOT_CLUSTERED):
-                    raise StorageError(
-                        f"cannot create stream {config.name} with replicas {config.num_replicas}: "
-                        f"{_describe(error)}; replicas must not exceed the JetStream servers up "
-                        "(1 for a single server)",
-                        retryable=error.err_code == ERR_INSUFFICIENT_RESOURCES) from error
-                if error.err_code != ERR_STREAM_CONFIG_DIFFERS:
-                    raise
-                await jsm.update_stream(config)
+            while True:
+                try:
+                    await self._ensure_stream(jsm, config)
+                    break
+                except nats.errors.TimeoutError:
+                    if loop.time() + STREAM_SETUP_TIMEOUT_S > deadline:
+                        raise
+                    log.warning("JetStream did not answer creating stream %s within %d s; asking again",
+                                config.name, STREAM_SETUP_TIMEOUT_S)
+
+    @staticmethod
+    async def _ensure_stream(jsm: Any, config: api.StreamConfig) -> None:
+        try:
+            await jsm.add_stream(config)
+        except nats.js.errors.APIError as error:
+            if error.err_code in (ERR_INSUFFICIENT_RESOURCES, ERR_REPLICAS_NOT_CLUSTERED):
+                raise StorageError(
+                    f"cannot create stream {config.name} with replicas {config.num_replicas}: "
+                    f"{_describe(error)}; replicas must not exceed the JetStream servers up "
+                    "(1 for a single server)",
+                    retryable=error.err_code == ERR_INSUFFICIENT_RESOURCES) from error
+            if error.err_code != ERR_STREAM_CONFIG_DIFFERS:
+                raise
+            await jsm.update_stream(config)
 
     async def _last_message(self, stream: str, subject: str) -> api.RawStreamMsg | None:
         """Asked of the stream leader (not a direct get) so a write just acknowledged is seen."""

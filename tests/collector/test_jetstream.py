@@ -465,3 +465,37 @@ def test_killing_a_node_mid_batch_loses_and_duplicates_nothing(nats_cluster, gat
     for message in stored:
         assert hashlib.sha256(message.data).hexdigest() == expected[message.headers["Nats-Msg-Id"]]
         assert message.headers["Record-Sha256"] == expected[message.headers["Nats-Msg-Id"]]
+
+
+def test_stream_setup_asks_again_after_a_timeout_and_gives_up_at_its_deadline(monkeypatch):
+    """A cluster electing its leaders answers nothing for a while: creating the streams (an
+    idempotent request) is asked again, within a deadline. The client is a stand-in: no
+    real server can be made to time out on cue."""
+    import nats.errors
+    from station.collector import jetstream
+
+    asked: list[str] = []
+
+    class SilentFirst:
+        def __init__(self, silent: int):
+            self.silent = silent
+
+        async def add_stream(self, config):
+            asked.append(config.name)
+            if len(asked) <= self.silent:
+                raise nats.errors.TimeoutError
+
+    def storage_with(jsm) -> JetStreamStorage:
+        storage = JetStreamStorage.__new__(JetStreamStorage)
+        storage._nc = type("Client", (), {"jsm": lambda self, timeout: jsm})()
+        return storage
+
+    configs = [api.StreamConfig(name="A"), api.StreamConfig(name="B")]
+    asyncio.run(storage_with(SilentFirst(1))._ensure_streams(configs))
+    assert asked == ["A", "A", "B"]
+    asked.clear()
+    monkeypatch.setattr(jetstream, "STREAM_SETUP_TIMEOUT_S", 0.0)
+    monkeypatch.setattr(jetstream, "STREAM_SETUP_DEADLINE_S", -1.0)  # no time left for a second ask
+    with pytest.raises(nats.errors.TimeoutError):
+        asyncio.run(storage_with(SilentFirst(1))._ensure_streams(configs))
+    assert asked == ["A"]
