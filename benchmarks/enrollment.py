@@ -124,10 +124,6 @@ def sensor_emulator_main(link: Path, control: Path, baud: int) -> int:
         def __init__(self, prints: Any, sensor: "CountingSensor"):
             self.prints, self.sensor = prints, sensor
 
-        @property
-        def identity(self) -> str:
-            return self.prints.identity
-
         def next_impression(self) -> Any:
             started = time.perf_counter_ns()
             try:

@@ -41,6 +41,7 @@ from station.paths import Paths
 PROBE_INTERVAL_S = 1.0  # GetEcho on an idle scanner: an unplug shows within 2 s
 PROBE_RETRIES = 1  # a silent sensor shows within 1 + 5 x command_timeout_s; one lost reply does not
 TEMPLATE_FORMAT = "ISO/IEC 19794-2:2005"
+PROGRESS_EVERY_S = 0.1  # upload progress events at most this often (and the last one)
 
 
 class CaptureCancelled(StationError):
@@ -148,7 +149,15 @@ class FingerprintDaemon(DeviceDaemon):
         wait_s = min(float(self.config["finger_wait_s"]), max(request.remaining_s - 1.0, 0.5))
         self._cancel.clear()
 
+        last_progress = [0.0]
+
         def progress(received: int, total: int) -> None:
+            # Every packet reports (hundreds a finger); a screen needs a few a second and the
+            # last, and each event costs CPU here and in every subscriber while NFIQ 2 runs.
+            now = time.monotonic()
+            if received < total and now - last_progress[0] < PROGRESS_EVERY_S:
+                return
+            last_progress[0] = now
             self.worker.post(lambda: self.events.publish(
                 "progress", {"position": position, "received": received, "total": total}))
 
