@@ -36,7 +36,6 @@ RETRY_S = 1.0
 DEVICE_EVENTS = {"place_finger", "progress", "capture", "card"}
 #: controller journal topics a page follows
 CONTROLLER_TOPICS = ("station.enrollment.", "station.print.", "station.drivers.")
-PROGRESS_EVERY_S = 0.1
 
 
 class AsyncCommands:
@@ -106,7 +105,6 @@ class Bridge:
         self.camera: dict[str, Any] = {}  # the auto-capture figures a page counts down with
         self.last_status: dict[str, Any] = {}
         self.frames_relayed = 0
-        self._progress_at: dict[str, float] = {}
         self._tasks: list[asyncio.Task] = []
         self._status_due = asyncio.Event()
 
@@ -208,20 +206,9 @@ class Bridge:
         elif event == "condition":
             driver["condition"] = _body(msg)
             self._changed()
-        if event in DEVICE_EVENTS and not self._progress_throttled(msg):
+        if event in DEVICE_EVENTS:  # a scanner's upload progress comes a few times a second
             self.pages.broadcast({"type": "device", "kind": driver["kind"], "driver": msg.src, "event": event,
                                   "body": _body(msg)})
-
-    def _progress_throttled(self, msg: Message) -> bool:
-        """An image upload reports every packet (hundreds a finger); a page needs a few a
-        second, and the last one."""
-        if msg.event != "progress" or msg.get("received") == msg.get("total"):
-            return False
-        now = time.monotonic()
-        if now - self._progress_at.get(msg.src, 0.0) < PROGRESS_EVERY_S:
-            return True
-        self._progress_at[msg.src] = now
-        return False
 
     def _changed(self) -> None:
         self._status_due.set()
