@@ -26,8 +26,8 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest $(ARGS)
 
-# Every benchmark script; linkemu.py, filesystems.py and stopwatch.py are pieces they use.
-BENCHMARKS := $(filter-out benchmarks/linkemu.py benchmarks/filesystems.py benchmarks/stopwatch.py,$(wildcard benchmarks/*.py))
+# Every benchmark script; common.py, linkemu.py, filesystems.py and stopwatch.py are pieces they use.
+BENCHMARKS := $(filter-out benchmarks/common.py benchmarks/linkemu.py benchmarks/filesystems.py benchmarks/stopwatch.py,$(wildcard benchmarks/*.py))
 
 bench: $(STAMP)
 	for script in $(BENCHMARKS); do $(VENV)/bin/python $$script || exit 1; done

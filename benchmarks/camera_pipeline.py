@@ -58,6 +58,7 @@ from drivers.camera.quality import FaceAnalyzer  # noqa: E402
 from drivers.camera.source import EmulatedSource, StreamSource  # noqa: E402
 from station.bus import FRAME_HWM, CommandClient, Subscriber  # noqa: E402
 from station.paths import Paths  # noqa: E402
+from common import progress_for  # noqa: E402
 
 WIDTH, HEIGHT = 1280, 720
 BIN = Path(sysconfig.get_path("scripts"))
@@ -66,8 +67,7 @@ GOAL_ANALYSIS_FPS = 30.0
 GOAL_DAEMON_RATIO = 0.8
 
 
-def progress(text: str) -> None:
-    print(f"camera_pipeline: {text}", file=sys.stderr, flush=True)
+progress = progress_for("camera_pipeline")
 
 
 def pin(cpus: set[int], pid: int = 0) -> bool:

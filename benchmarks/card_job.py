@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import pty
 import random
 import shutil
@@ -62,7 +61,6 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
-from skimage import data as sample_images  # noqa: E402
 
 from drivers.emulation import send_command  # noqa: E402
 from drivers.fingerprint import protocol as fp  # noqa: E402
@@ -77,6 +75,7 @@ from stopwatch import Stopwatch  # noqa: E402
 from station.card import CardData, card_data  # noqa: E402
 from station.cardface import CardFace  # noqa: E402
 from station.demo import make_applicant  # noqa: E402
+from common import astronaut_token, machine, ms, progress_for  # noqa: E402
 
 GOALS = {"per_card_ms": 300.0, "ratio": 1.3}
 WARMUP_CARDS = 3
@@ -88,16 +87,13 @@ STATIONCTL = Path(sys.executable).parent / "stationctl"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def progress(text: str) -> None:
-    print(f"card_job: {text}", file=sys.stderr, flush=True)
+progress = progress_for("card_job")
 
 
 # -- inputs ----------------------------------------------------------------------------------
 def portrait_jpeg() -> bytes:
     """The astronaut's head and shoulders at the camera's token size (480 x 640, JPEG 92)."""
-    rgb = sample_images.astronaut()[0:360, 96:366]
-    token = cv2.resize(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), (480, 640), interpolation=cv2.INTER_AREA)
-    return cv2.imencode(".jpg", token, [cv2.IMWRITE_JPEG_QUALITY, 92])[1].tobytes()
+    return cv2.imencode(".jpg", astronaut_token(), [cv2.IMWRITE_JPEG_QUALITY, 92])[1].tobytes()
 
 
 def index_finger(seed: int, position: int) -> np.ndarray:
@@ -225,22 +221,15 @@ def bare_pty_ms(size: int, reader_cpus: set[int], rounds: int = 10) -> float:
 
 
 # -- the run ---------------------------------------------------------------------------------
-def ms(seconds: float) -> float:
-    return round(seconds * 1000, 2)
-
-
 def summary(rows: list[dict[str, float]], key: str = "total") -> dict[str, float]:
     values = [r[key] for r in rows]
     return {"median_ms": ms(statistics.median(values)), "p90_ms": ms(statistics.quantiles(values, n=10)[-1])}
 
 
-def machine(allowed: list[int], cpu: int, emulator_cpus: set[int] | None,
-            load: tuple[float, float, float]) -> dict[str, Any]:
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor() or "?")
-    return {"cpu_model": model, "cpus": os.cpu_count(), "allowed_cpus": allowed,
-            "benchmark_cpu": cpu, "emulator_cpus": sorted(emulator_cpus) if emulator_cpus else [cpu],
-            "load_average_at_start": [round(x, 2) for x in load], "python": platform.python_version(),
+def machine_used(allowed: list[int], cpu: int, emulator_cpus: set[int] | None,
+                 load: tuple[float, float, float]) -> dict[str, Any]:
+    return {**machine(load, allowed), "benchmark_cpu": cpu,
+            "emulator_cpus": sorted(emulator_cpus) if emulator_cpus else [cpu],
             "numpy": np.__version__, "opencv": cv2.__version__}
 
 
@@ -353,7 +342,7 @@ def run(cards: int, mode: str, top: Path) -> dict[str, Any]:
         "keep_clear": settings["overlay_keep_clear"],
         "printer": identity.model,
         "card_face_build_ms": ms(face_build_s),
-        "machine": machine(allowed, cpu, spare if mode == "process" else None, load),
+        "machine": machine_used(allowed, cpu, spare if mode == "process" else None, load),
         "problems": problems,
     }
 

@@ -18,7 +18,6 @@ import argparse
 import gc
 import json
 import os
-import platform
 import random
 import shutil
 import statistics
@@ -37,7 +36,6 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
-from skimage import data as sample_images  # noqa: E402
 
 from drivers.camera.portrait import encode_for_chip  # noqa: E402
 from drivers.chip.emulator import ChipEmulator  # noqa: E402
@@ -47,6 +45,7 @@ from station.card import CardData, card_data, mrz_lines  # noqa: E402
 from station.demo import make_applicant  # noqa: E402
 from station.errors import StationError  # noqa: E402
 from stopwatch import Stopwatch  # noqa: E402
+from common import astronaut_token, machine, ms, progress_for  # noqa: E402
 
 # Proposed (benchmarks/README.md says why): the issue names the figures, not their numbers.
 GOALS = {"per_card_ms": 250.0, "ratio": 3.0}
@@ -62,21 +61,14 @@ FRAME_BYTES = 3
 BITS_PER_BYTE = 9
 
 
-def progress(text: str) -> None:
-    print(f"chip_job: {text}", file=sys.stderr, flush=True)
+progress = progress_for("chip_job")
 
 
 # -- inputs ----------------------------------------------------------------------------------
-def token_image() -> np.ndarray:
-    """The astronaut's head and shoulders at the camera's token size (480 x 640), BGR."""
-    rgb = sample_images.astronaut()[0:360, 96:366]
-    return cv2.resize(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), (480, 640), interpolation=cv2.INTER_AREA)
-
-
 def make_cards(count: int, token_cfg: dict[str, Any]) -> tuple[list[CardData], str]:
     """``count`` applicants sharing one portrait, encoded for DG2 as the camera does (its
     ``token.chip_budget_bytes`` and ``chip_format`` from the packaged camera.yaml)."""
-    image = token_image()
+    image = astronaut_token()
     chip_portrait, chip_format = encode_for_chip(image, int(token_cfg["chip_budget_bytes"]), token_cfg["chip_format"])
     jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 92])[1].tobytes()
     finger = np.random.default_rng(APPLICANT_SEED).integers(0, 256, (288, 256), dtype=np.uint8)
@@ -229,10 +221,6 @@ def raw_path(pcscd: Pcscd, files: dict[str, bytes]) -> tuple[dict[str, float], E
 
 
 # -- the run ---------------------------------------------------------------------------------
-def ms(seconds: float) -> float:
-    return round(seconds * 1000, 2)
-
-
 def summary(values: list[float]) -> dict[str, float]:
     return {"median_ms": ms(statistics.median(values)), "p90_ms": ms(statistics.quantiles(values, n=10)[-1]),
             "min_ms": ms(min(values))}
@@ -244,14 +232,10 @@ def projected(full_s: float, raw_s: float, exchanges: dict[str, Exchange], kbps:
     return {"full": round(full, 1), "raw": round(raw, 1), "ratio": round(full / raw, 3)}
 
 
-def machine(allowed: list[int], load: tuple[float, float, float]) -> dict[str, Any]:
+def machine_used(allowed: list[int], load: tuple[float, float, float]) -> dict[str, Any]:
     from importlib.metadata import version
 
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor() or "?")
-    return {"cpu_model": model, "cpus": os.cpu_count(), "allowed_cpus": allowed,
-            "benchmark_cpus": sorted(os.sched_getaffinity(0)),
-            "load_average_at_start": [round(x, 2) for x in load], "python": platform.python_version(),
+    return {**machine(load, allowed), "benchmark_cpus": sorted(os.sched_getaffinity(0)),
             "pyscard": version("pyscard"), "cryptography": version("cryptography"), "pcscd": pcscd_version()}
 
 
@@ -367,7 +351,7 @@ def run(cards: int, cpus: str, top: Path) -> dict[str, Any]:
         "elapsed_s": round(elapsed, 1),
         "document_signer": "ECDSA P-256 (pki.init_test)",
         "cpus": cpus,
-        "machine": machine(allowed, load),
+        "machine": machine_used(allowed, load),
         "problems": problems,
     }
 

@@ -56,7 +56,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import shutil
 import socket
@@ -82,6 +81,7 @@ from station.demo import make_applicant  # noqa: E402
 from station.errors import StationError  # noqa: E402
 from station.paths import Paths  # noqa: E402
 from station.programs import Program, program_env, scripts_dir  # noqa: E402
+from common import machine, progress_for  # noqa: E402
 
 BIN = scripts_dir()
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -97,8 +97,7 @@ GOALS = {"preview_fps": 15.0, "p95_latency_ms": 150.0, "cpu_share": 0.25}
 CLOCKS_DIFFER_MS = 60_000.0  # a raw page latency beyond this mixes the wall and monotonic clocks
 
 
-def progress(text: str) -> None:
-    print(f"console_preview: {text}", file=sys.stderr, flush=True)
+progress = progress_for("console_preview")
 
 
 def free_port() -> int:
@@ -323,16 +322,12 @@ def sample(pids: set[int]) -> dict[int, int]:
     return {pid: ticks for pid in pids if (ticks := cpu_ticks(pid)) is not None}
 
 
-def machine(load: tuple[float, float, float]) -> dict[str, Any]:
+def machine_used(load: tuple[float, float, float]) -> dict[str, Any]:
     from importlib.metadata import version
 
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor() or "?")
     chromium = subprocess.run([CHROMIUM, "--version"], capture_output=True, text=True).stdout.strip()
-    return {"cpu_model": model, "cpus": os.cpu_count(), "allowed_cpus": sorted(os.sched_getaffinity(0)),
-            "load_average_at_start": [round(x, 2) for x in load], "python": platform.python_version(),
-            "chromium": chromium, "playwright": version("playwright"), "aiohttp": version("aiohttp"),
-            "pyzmq": zmq.__version__}
+    return {**machine(load), "chromium": chromium, "playwright": version("playwright"),
+            "aiohttp": version("aiohttp"), "pyzmq": zmq.__version__}
 
 
 def measure(station: Station, seconds: float, warmup_s: float) -> dict[str, Any]:
@@ -451,7 +446,7 @@ def main() -> int:
                    "preview_width": packaged["preview"]["width"], "source": "emulated",
                    "resolution": f"{packaged['source']['width']}x{packaged['source']['height']}"},
         "seconds": round(result["wall_s"], 2), "warmup_s": args.warmup,
-        "machine": machine(load),
+        "machine": machine_used(load),
         "problems": problems,
     }, indent=2))
     return 0

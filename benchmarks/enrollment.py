@@ -88,6 +88,7 @@ from station.envelope import Message  # noqa: E402
 from station.errors import StationError  # noqa: E402
 from station.paths import Paths  # noqa: E402
 from station.programs import STOP_TIMEOUT_S, Program, program_env, scripts_dir  # noqa: E402
+from common import progress_for  # noqa: E402
 
 BIN = scripts_dir()
 STATION_ID = "VN-HP-0001"
@@ -102,8 +103,7 @@ STEP_FIGURES = ("wall_s", "device_s", "overhead_s", "driver_overhead_s", "driver
                 "controller_after_s")
 
 
-def progress(text: str) -> None:
-    print(f"enrollment: {text}", file=sys.stderr, flush=True)
+progress = progress_for("enrollment")
 
 
 # -- the sensor emulator, with counters readable while it runs --------------------------------

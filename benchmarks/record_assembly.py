@@ -78,6 +78,7 @@ from station.controller import Controller  # noqa: E402
 from station.demo import make_applicant  # noqa: E402
 from station.enrollment import Finger, Photo, Session  # noqa: E402
 from station.store import RecordStore  # noqa: E402
+from common import ms, progress_for  # noqa: E402
 
 STATION_ID = "VN-HP-0001"
 DESTINATION = "VN-C06"
@@ -90,8 +91,7 @@ DEVICES = {"cam0": {"kind": "camera", "source": "emulated camera", "width": 1280
            "fp0": {"kind": "fingerprint", "port": "/dev/ttyUSB0", "baud": 115200, "packet_size": 128}}
 
 
-def progress(text: str) -> None:
-    print(f"record_assembly: {text}", file=sys.stderr, flush=True)
+progress = progress_for("record_assembly")
 
 
 # -- inputs ----------------------------------------------------------------------------------
@@ -274,10 +274,6 @@ class Baseline:
 
 
 # -- the run ---------------------------------------------------------------------------------
-def ms(seconds: float) -> float:
-    return round(seconds * 1000, 2)
-
-
 def median_ms(rows: list[dict[str, float]], key: str) -> float:
     return ms(statistics.median(r[key] for r in rows))
 

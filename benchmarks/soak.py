@@ -117,6 +117,7 @@ from station.outbox import Outbox  # noqa: E402
 from station.paths import Paths  # noqa: E402
 from station.programs import Program, program_env, scripts_dir  # noqa: E402
 from station.store import RecordStore  # noqa: E402
+from common import progress_for  # noqa: E402
 
 BIN = scripts_dir()
 STATION_ID = "VN-HP-0001"
@@ -141,8 +142,7 @@ PROGRAM_NAMES = {"cam0": "station-camerad", "fp0": "station-fingerprintd", "cont
                  "uplink": "station-uplink", "collector": "station-collector"}
 
 
-def progress(text: str) -> None:
-    print(f"soak: {text}", file=sys.stderr, flush=True)
+progress = progress_for("soak")
 
 
 # == the day's fault schedule (pure) ===========================================================

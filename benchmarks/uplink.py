@@ -113,6 +113,7 @@ from station.bus import CommandClient  # noqa: E402
 from station.delivery import Window  # noqa: E402
 from station.errors import StationError  # noqa: E402
 from station.store import RecordStore  # noqa: E402
+from common import progress_for  # noqa: E402
 
 CONTENT_TYPE = "application/octet-stream"
 SEED = 20240601
@@ -138,8 +139,7 @@ SIM_STALL_S = 30.0       # generous: a collector busy with 200 stations answers 
 SIM_RETRY_S = 0.5
 
 
-def progress(text: str) -> None:
-    print(f"uplink: {text}", file=sys.stderr, flush=True)
+progress = progress_for("uplink")
 
 
 def packaged(name: str) -> dict[str, Any]:
