@@ -129,21 +129,27 @@ class CameraDaemon(DeviceDaemon):
         # someone watches the preview; one nobody needs is taken off the camera undecoded.
         # The CPU is the scanner's too (NFIQ 2 runs while the officer takes fingers).
         full_frames = self.config["publish"]["full_frames"] and self.frames.subscribed("frame")
-        preview_due = self.frames.subscribed("preview") and self._preview_due(now)
-        needed = bool(self.frame_requests) or full_frames or preview_due or self.pending is not None
+        needed = bool(self.frame_requests) or full_frames or self.pending is not None
         source = self.source
         try:
             frame = source.read(decode=needed)
         except DeviceError as exc:
             self.lose(exc)
             return
-        if not needed and self.serve_waiting_commands() and self.pending is not None and self.source is source:
+        # Whether this frame is a preview is decided by its own time, once it is here: the
+        # tick's start comes after the last frame's analysis and before the read, a frame
+        # early, and gave previews one and three frames apart instead of two.
+        preview_due = self.frames.subscribed("preview") and self._preview_due(frame.t_acq_ns / 1e9)
+        if not needed:
             # A capture asked for while this frame was on its way starts with it: waiting
             # for the next would cost the officer a frame time.
-            try:
-                frame, needed = source.decode(frame), True
-            except DeviceError as exc:  # a corrupt frame: the capture starts with the next
-                self.log.debug("frame %d not decoded for the capture: %s", frame.index, exc.message)
+            if self.serve_waiting_commands() and self.source is not source:
+                return  # a command closed or replaced the camera meanwhile
+            if self.pending is not None or preview_due:
+                try:
+                    frame, needed = source.decode(frame), True
+                except DeviceError as exc:  # a corrupt frame: the next one serves
+                    self.log.debug("frame %d not decoded: %s", frame.index, exc.message)
         self.frames_read += 1
         if not needed:
             return
