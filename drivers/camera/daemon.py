@@ -167,15 +167,16 @@ class CameraDaemon(DeviceDaemon):
         if self.pending is not None:
             self._feed_capture(frame, report, now)
 
-    def _preview_due(self, now: float) -> bool:
-        """Keep the preview rate on schedule: a frame a little early for its slot takes it
-        (a 30 fps camera gives exactly 15 fps, not 10 from frames 1 ms short of 1/15 s)."""
+    def _preview_due(self, acquired: float) -> bool:
+        """Whether the frame acquired at ``acquired`` (monotonic seconds) is the next
+        preview, keeping the preview rate on schedule: a frame a little early for its slot
+        takes it (a 30 fps camera gives exactly 15 fps, not 10 from frames 1 ms short of 1/15 s)."""
         period = 1.0 / self.config["preview"]["fps"]
-        if now < self._next_preview - 0.25 * period:
+        if acquired < self._next_preview - 0.25 * period:
             return False
         self._next_preview += period
-        if self._next_preview < now:
-            self._next_preview = now + period     # fell behind: no burst to catch up
+        if self._next_preview < acquired:
+            self._next_preview = acquired + period     # fell behind: no burst to catch up
         return True
 
     def _publish_preview(self, frame: Any, report: Any) -> None:
